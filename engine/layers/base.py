@@ -1,0 +1,124 @@
+"""The layer protocol shared by every layer and output layer.
+
+A layer owns `params` (name -> array) and `grads` (name -> array or RowSparseGrad).
+`bind(backend, rng, dtype)` creates the parameters: they are drawn on the host from a seeded
+NumPy generator and then moved to the backend, so a CPU and a GPU model start identical.
+`forward(x, train)` caches what `backward(dy)` needs and returns `y`; `backward` fills `grads`
+and returns `dx`. Row-sparse gradients (embeddings, and later meProp rows and factored rows) are
+a `RowSparseGrad(rows, values)` pair, never a dense zero matrix.
+
+A layer whose `owns_update` is True (the factored output of PAPERS.md section 1) applies its own
+exact update in `apply_update(lr)`; optimizers skip its params.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict
+
+import numpy
+
+
+@dataclass
+class RowSparseGrad:
+    """Gradient that is zero except on some rows: dense[rows[n]] += values[n].
+
+    rows: (N,) int64, possibly with duplicates unless `unique` is True;
+    values: (N, D...) the contributions; shape: the dense shape (V, D...).
+    """
+    rows: Any
+    values: Any
+    shape: tuple
+    unique: bool = False
+
+    def coalesced(self, backend) -> "RowSparseGrad":
+        """The same gradient with duplicate rows summed (rows ascending, unique)."""
+        if self.unique:
+            return self
+        rows, values = backend.coalesce_rows(self.rows, self.values)
+        return RowSparseGrad(rows, values, self.shape, unique=True)
+
+    def to_dense(self, backend):
+        dense = backend.zeros(self.shape, self.values.dtype)
+        backend.scatter_add_rows(dense, self.rows, self.values)
+        return dense
+
+
+class Layer:
+    """Base class: parameters, gradients, forward/backward, and state for checkpoints."""
+
+    owns_update = False
+
+    def __init__(self):
+        self.params: Dict[str, Any] = {}
+        self.grads: Dict[str, Any] = {}
+        self.backend = None
+        self.dtype = None
+        self.layer_id = 0  # position in the model, used for counter-based randomness
+
+    # -- set-up ---------------------------------------------------------------
+    def bind(self, backend, rng: numpy.random.Generator, dtype):
+        """Create parameters on `backend` (drawn from `rng` on the host). Returns self."""
+        self.backend = backend
+        self.dtype = numpy.dtype(dtype)
+        for name, host in self.init_params(rng).items():
+            self.params[name] = backend.asarray(host.astype(self.dtype))
+        return self
+
+    def init_params(self, rng) -> Dict[str, numpy.ndarray]:
+        """Host arrays of the initial parameters (override in layers that have any)."""
+        return {}
+
+    # -- computation ----------------------------------------------------------
+    def forward(self, x, train: bool = True):
+        raise NotImplementedError
+
+    def backward(self, dy):
+        raise NotImplementedError
+
+    def zero_grads(self):
+        self.grads = {}
+
+    # -- state ------------------------------------------------------------------
+    def state_dict(self) -> Dict[str, numpy.ndarray]:
+        """Everything that defines the layer, as host arrays (params and any extra buffers)."""
+        return {name: self.backend.to_host(value) for name, value in self.params.items()}
+
+    def load_state_dict(self, state: Dict[str, numpy.ndarray]):
+        for name in self.params:
+            if name not in state:
+                raise KeyError(f"{type(self).__name__}: state has no entry {name!r}")
+            value = numpy.asarray(state[name])
+            if value.shape != tuple(self.params[name].shape):
+                raise ValueError(f"{type(self).__name__}.{name}: shape {value.shape} in the state, "
+                                 f"{tuple(self.params[name].shape)} in the model")
+            self.params[name] = self.backend.asarray(value.astype(self.dtype))
+
+    def config(self) -> Dict[str, Any]:
+        """JSON-able constructor arguments (saved in checkpoints)."""
+        return {}
+
+
+class OutputLayer(Layer):
+    """A loss over a (possibly huge) output: takes the last hidden `h` (B, d) and targets.
+
+    forward(h, targets, train) -> mean loss as a 0-d array of the backend (no host sync);
+    backward() -> dh (B, d), filling grads; log_prob(h, targets) -> (B,) log p(target);
+    predict_topk(h, k) -> (ids (B, k), scores (B, k)) best first.
+    `targets` is (B,) int (one target per row), or (B, K) int padded with -1 for K-hot targets
+    where the output supports it. A target of -1 in a (B,) array is ignored (padding).
+    """
+
+    #: Whether `log_prob` is a normalised log-probability (gives perplexity); squared error is not.
+    has_likelihood = True
+
+    def forward(self, h, targets, train: bool = True):
+        raise NotImplementedError
+
+    def backward(self, dy=None):
+        raise NotImplementedError
+
+    def log_prob(self, h, targets):
+        raise NotImplementedError
+
+    def predict_topk(self, h, k: int):
+        raise NotImplementedError
