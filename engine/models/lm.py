@@ -1,0 +1,76 @@
+"""Feed-forward (Bengio-style) n-gram language model.
+
+ids (B, n) of the n previous words -> embeddings (B, n, E) -> concatenated (B, n E)
+-> [Linear -> activation -> dropout] x len(hidden) -> output layer over the vocabulary
+(chosen by name: "softmax", "squared", and the techniques of later issues).
+
+`forward(x, targets, train)` returns the mean loss (0-d device array); `backward()` runs the
+whole backward pass, leaving each layer's `grads` filled. `param_items()` lists
+(key, layer, name) for the optimizer; layers with `owns_update` are listed in
+`self_updating_layers()` instead.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy
+
+from ..layers import Dropout, Embedding, Linear, make_activation
+from ..outputs import make_output
+from .base import Model
+
+
+class MLPLanguageModel(Model):
+    kind = "mlp-lm"
+
+    def __init__(self, vocab_size: int, context: int = 4, embed_dim: int = 128,
+                 hidden: Sequence[int] = (512,), activation: str = "tanh", dropout: float = 0.0,
+                 output: str = "softmax", output_kwargs: dict | None = None):
+        super().__init__()
+        if vocab_size < 2:
+            raise ValueError(f"MLPLanguageModel: vocab_size must be >= 2, got {vocab_size}")
+        if context < 1:
+            raise ValueError(f"MLPLanguageModel: context must be >= 1, got {context}")
+        self.vocab_size, self.context, self.embed_dim = int(vocab_size), int(context), int(embed_dim)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation, self.dropout = activation, float(dropout)
+        self.output_name, self.output_kwargs = output, dict(output_kwargs or {})
+
+        self.embedding = Embedding(self.vocab_size, self.embed_dim)
+        self.body = []                               # Linear, activation, [Dropout] per hidden layer
+        width = self.context * self.embed_dim
+        if self.dropout > 0:
+            self.body.append(Dropout(self.dropout))  # on the concatenated embeddings
+        for h in self.hidden:
+            self.body += [Linear(width, h), make_activation(activation)]
+            if self.dropout > 0:
+                self.body.append(Dropout(self.dropout))
+            width = h
+        self.output = make_output(output, width, self.vocab_size, **self.output_kwargs)
+        self.layers = [self.embedding] + self.body + [self.output]
+
+    def check_inputs(self, x, targets=None):
+        if x.ndim != 2 or x.shape[1] != self.context:
+            raise ValueError(f"{self.kind}: expected contexts (B, {self.context}), got {tuple(x.shape)}")
+        if x.dtype.kind not in "iu":
+            raise TypeError(f"{self.kind}: contexts must be integer token ids, got {x.dtype}")
+        if targets is not None and targets.shape[0] != x.shape[0]:
+            raise ValueError(f"{self.kind}: {x.shape[0]} contexts but {targets.shape[0]} targets")
+
+    def hidden_forward(self, x, train):
+        emb = self.embedding.forward(x, train)
+        h = emb.reshape(x.shape[0], self.context * self.embed_dim)
+        for layer in self.body:
+            h = layer.forward(h, train)
+        return h
+
+    def hidden_backward(self, dh):
+        for layer in reversed(self.body):
+            dh = layer.backward(dh)
+        self.embedding.backward(dh.reshape(-1, self.context, self.embed_dim))
+
+    def config(self):
+        return {"vocab_size": self.vocab_size, "context": self.context,
+                "embed_dim": self.embed_dim, "hidden": list(self.hidden),
+                "activation": self.activation, "dropout": self.dropout,
+                "output": self.output_name, "output_kwargs": self.output_kwargs}

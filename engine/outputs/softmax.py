@@ -1,0 +1,174 @@
+"""Exact softmax cross-entropy over the whole vocabulary, whole or chunk by chunk.
+
+Shapes: h (B, d), W (D, d), b (D,), targets (B,) int (-1 = ignored row), logits (B, D) or one
+chunk of them (B, C). Loss = mean over the non-ignored rows of logsumexp(h W^T + b) - logit[t].
+
+Whole mode (`chunk_size=None`): forward(train=True) computes the logits once and the fused
+kernel (`backend.softmax_xent_fused`, rawkernels/softmax_xent.cu) turns them in place into the
+gradient G = softmax - onehot while it computes the loss; backward is then dW = G^T h,
+db = sum_b G, dh = G W. Peak extra memory: one B x D matrix.
+
+Chunked mode (`chunk_size=C`): the B x D logits never exist. Forward folds each chunk's
+logits into a running log-sum-exp (`backend.logsumexp_chunk_update`); backward recomputes each
+chunk's logits, turns them into that chunk's gradient in place
+(`backend.softmax_xent_grad_chunk`) and accumulates dh and writes the chunk's rows of dW, db.
+It costs one extra B x C x d product per chunk (4 products instead of 3) and holds one B x C
+chunk at a time; loss and gradients equal the whole mode's to rounding.
+
+The 1/N of the mean (N = rows not ignored) is applied to the small results (dW, db, dh) as a
+device scalar, so there is no host synchronisation in a step.
+"""
+from __future__ import annotations
+
+import numpy
+
+from ..layers.base import OutputLayer
+
+
+def _check_targets(xp, targets, batch):
+    if targets.ndim != 1 or targets.shape[0] != batch:
+        raise ValueError(f"softmax: targets must be (B,) = ({batch},), got {tuple(targets.shape)}")
+
+
+class SoftmaxOutput(OutputLayer):
+    def __init__(self, in_features: int, num_classes: int, bias: bool = True,
+                 chunk_size: int | None = None, init_scale: float | None = None):
+        super().__init__()
+        if in_features < 1 or num_classes < 1:
+            raise ValueError(f"softmax: sizes must be positive, got d={in_features}, D={num_classes}")
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"softmax: chunk_size must be positive or None, got {chunk_size}")
+        self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.use_bias = bool(bias)
+        self.chunk_size = None if chunk_size is None else int(chunk_size)
+        self.init_scale = init_scale
+        self._cache = None
+
+    def init_params(self, rng):
+        a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
+        params = {"W": rng.uniform(-a, a, size=(self.num_classes, self.in_features))}
+        if self.use_bias:
+            params["b"] = numpy.zeros(self.num_classes)
+        return params
+
+    # -- pieces -------------------------------------------------------------------
+    def _chunks(self, chunk_size=None):
+        c = chunk_size or self.chunk_size or self.num_classes
+        for start in range(0, self.num_classes, c):
+            yield start, min(start + c, self.num_classes)
+
+    def _logits(self, h, start, stop):
+        """Logits of columns [start, stop): (B, stop - start), a fresh array."""
+        logits = h @ self.params["W"][start:stop].T
+        if self.use_bias:
+            logits += self.params["b"][start:stop]
+        return logits
+
+    def _mean_scale(self, targets):
+        """Device scalar 1 / (number of rows not ignored), and that count."""
+        xp = self.backend.xp
+        n_valid = (targets >= 0).sum()
+        return (1.0 / xp.maximum(n_valid, 1)).astype(self.dtype), n_valid
+
+    def _chunked_lse(self, h, targets, chunk_size=None):
+        """Per-row log-sum-exp and target logit, folded over vocabulary chunks."""
+        xp, be = self.backend.xp, self.backend
+        batch = h.shape[0]
+        run_max = xp.full((batch,), -xp.inf, dtype=self.dtype)
+        run_sum = xp.zeros((batch,), dtype=self.dtype)
+        target_logit = xp.zeros((batch,), dtype=self.dtype)
+        for start, stop in self._chunks(chunk_size):
+            be.logsumexp_chunk_update(self._logits(h, start, stop), start, targets,
+                                      run_max, run_sum, target_logit)
+        return run_max + xp.log(run_sum), target_logit
+
+    # -- OutputLayer ------------------------------------------------------------
+    def forward(self, h, targets, train=True):
+        """Mean cross-entropy (0-d device array). With train=True, caches for backward()."""
+        if h.ndim != 2 or h.shape[1] != self.in_features:
+            raise ValueError(f"softmax: expected h (B, {self.in_features}), got {tuple(h.shape)}")
+        _check_targets(self.backend.xp, targets, h.shape[0])
+        scale, _ = self._mean_scale(targets)
+        if self.chunk_size is None or self.chunk_size >= self.num_classes:
+            logits = self._logits(h, 0, self.num_classes)
+            # fused: loss per row, and logits -> (softmax - onehot) in place (zero for ignored rows)
+            loss_rows = self.backend.softmax_xent_fused(logits, targets, 1.0)
+            self._cache = ("whole", h, targets, logits, scale) if train else None
+        else:
+            lse, target_logit = self._chunked_lse(h, targets)
+            loss_rows = (lse - target_logit) * (targets >= 0)
+            self._cache = ("chunked", h, targets, lse, scale) if train else None
+        return loss_rows.sum() * scale
+
+    def backward(self, dy=None):
+        if self._cache is None:
+            raise RuntimeError("softmax.backward called without a forward(train=True)")
+        mode, h, targets, extra, scale = self._cache
+        self._cache = None
+        W = self.params["W"]
+        if mode == "whole":
+            grad_logits = extra                       # (B, D), already softmax - onehot
+            self.grads["W"] = (grad_logits.T @ h) * scale
+            if self.use_bias:
+                self.grads["b"] = grad_logits.sum(axis=0) * scale
+            return (grad_logits @ W) * scale
+        lse = extra
+        xp, be = self.backend.xp, self.backend
+        dW = xp.empty_like(W)
+        db = xp.empty((self.num_classes,), dtype=self.dtype) if self.use_bias else None
+        dh = xp.zeros_like(h)
+        for start, stop in self._chunks():
+            g = self._logits(h, start, stop)
+            be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
+            xp.matmul(g.T, h, out=dW[start:stop])
+            if db is not None:
+                g.sum(axis=0, out=db[start:stop])
+            dh += g @ W[start:stop]
+        dW *= scale
+        self.grads["W"] = dW
+        if db is not None:
+            db *= scale
+            self.grads["b"] = db
+        dh *= scale
+        return dh
+
+    def log_prob(self, h, targets, chunk_size=None):
+        """log p(target | h) per row (B,); 0 for ignored rows. Chunked when asked or configured."""
+        _check_targets(self.backend.xp, targets, h.shape[0])
+        lse, target_logit = self._chunked_lse(h, targets, chunk_size)
+        return (target_logit - lse) * (targets >= 0)
+
+    def log_softmax(self, h, start=0, stop=None):
+        """Full log-probabilities of columns [start, stop) (B, C); the whole row needs D columns."""
+        stop = self.num_classes if stop is None else stop
+        xp = self.backend.xp
+        lse, _ = self._chunked_lse(h, xp.full((h.shape[0],), -1, dtype=xp.int32))
+        return self._logits(h, start, stop) - lse[:, None]
+
+    def predict_topk(self, h, k: int, chunk_size=None):
+        """The k most probable classes per row, best first: (ids (B, k) int64, log-probs (B, k)).
+
+        Runs over vocabulary chunks, keeping a running top-k, so B x D is never held at once."""
+        xp = self.backend.xp
+        k = int(min(k, self.num_classes))
+        batch = h.shape[0]
+        best_val = xp.full((batch, 0), -xp.inf, dtype=self.dtype)
+        best_ids = xp.zeros((batch, 0), dtype=xp.int64)
+        lse, _ = self._chunked_lse(h, xp.full((batch,), -1, dtype=xp.int32), chunk_size)
+        for start, stop in self._chunks(chunk_size or self.chunk_size or 65536):
+            vals = xp.concatenate([best_val, self._logits(h, start, stop)], axis=1)
+            ids = xp.concatenate(
+                [best_ids, xp.broadcast_to(xp.arange(start, stop, dtype=xp.int64), (batch, stop - start))],
+                axis=1)
+            if vals.shape[1] > k:
+                part = xp.argpartition(-vals, k - 1, axis=1)[:, :k]
+                vals = xp.take_along_axis(vals, part, axis=1)
+                ids = xp.take_along_axis(ids, part, axis=1)
+            best_val, best_ids = vals, ids
+        order = xp.argsort(-best_val, axis=1)
+        return (xp.take_along_axis(best_ids, order, axis=1),
+                xp.take_along_axis(best_val, order, axis=1) - lse[:, None])
+
+    def config(self):
+        return {"in_features": self.in_features, "num_classes": self.num_classes,
+                "bias": self.use_bias, "chunk_size": self.chunk_size, "init_scale": self.init_scale}
