@@ -1,0 +1,111 @@
+"""Checkpoints: one HDF5 file with the model, the optimizer and the training position.
+
+Layout (format "engine-checkpoint", format_version 1):
+  attrs: model_kind, model_config (JSON), optimizer_kind, optimizer_config (JSON),
+         engine_state (JSON: step, epoch, batch in epoch, seed, dtype, history, data vocabulary
+         hash, running sums of the current epoch)
+  /model/<key>      every parameter (host arrays, in the model's dtype)
+  /optimizer/<key>  every optimizer buffer and scalar
+
+Writes are atomic: the file is written next to its destination under a temporary name, flushed
+to disk, then renamed over the destination; a failure leaves any earlier checkpoint untouched.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+
+import numpy
+
+FORMAT = "engine-checkpoint"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, truncated, of another format, or does not fit the data."""
+
+
+def _h5py():
+    import h5py
+    return h5py
+
+
+def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind, optimizer_config,
+                    optimizer_state, engine_state):
+    h5py = _h5py()
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    os.close(fd)
+    try:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["format_version"] = FORMAT_VERSION
+            f.attrs["model_kind"] = model_kind
+            f.attrs["model_config"] = json.dumps(model_config)
+            f.attrs["optimizer_kind"] = optimizer_kind
+            f.attrs["optimizer_config"] = json.dumps(optimizer_config)
+            f.attrs["engine_state"] = json.dumps(engine_state)
+            g = f.create_group("model")
+            for key, value in model_state.items():
+                g.create_dataset(key, data=numpy.asarray(value))
+            g = f.create_group("optimizer")
+            scalars = {}
+            for key, value in optimizer_state.items():
+                if isinstance(value, numpy.ndarray):
+                    g.create_dataset(key, data=value)     # "/" in a key makes subgroups
+                else:
+                    scalars[key] = value.item() if isinstance(value, numpy.generic) else value
+            g.attrs["scalars"] = json.dumps(scalars)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def _datasets(group):
+    """{relative path: array} of every dataset under `group` (keys may contain "/")."""
+    h5py = _h5py()
+    found = {}
+    group.visititems(lambda name, obj: found.__setitem__(name, obj[()])
+                     if isinstance(obj, h5py.Dataset) else None)
+    return found
+
+
+def load_checkpoint(path):
+    """-> dict with model_kind, model_config, model_state, optimizer_kind, optimizer_config,
+    optimizer_state, engine_state. Raises CheckpointError naming the file and the problem."""
+    h5py = _h5py()
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise CheckpointError(f"{path}: not a readable HDF5 checkpoint (truncated or corrupt?): {exc}") from None
+    with f:
+        if f.attrs.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not an engine checkpoint (format attribute is "
+                                  f"{f.attrs.get('format')!r}, expected {FORMAT!r})")
+        version = int(f.attrs.get("format_version", -1))
+        if version != FORMAT_VERSION:
+            raise CheckpointError(f"{path}: checkpoint format_version {version}, this engine reads {FORMAT_VERSION}")
+        try:
+            out = {
+                "model_kind": str(f.attrs["model_kind"]),
+                "model_config": json.loads(f.attrs["model_config"]),
+                "optimizer_kind": str(f.attrs["optimizer_kind"]),
+                "optimizer_config": json.loads(f.attrs["optimizer_config"]),
+                "engine_state": json.loads(f.attrs["engine_state"]),
+                "model_state": _datasets(f["model"]),
+                "optimizer_state": _datasets(f["optimizer"]),
+            }
+            out["optimizer_state"].update(json.loads(f["optimizer"].attrs["scalars"]))
+        except (KeyError, OSError, ValueError) as exc:
+            raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
+    return out

@@ -1,0 +1,222 @@
+"""The `engine` command: prepare | train | evaluate | bench.
+
+    engine train                                # the embedded default: SOTU corpus, small MLP LM
+    engine train --data ptb.h5 --epochs 10 --json
+    engine evaluate runs/<run>/checkpoint.h5 --data ptb.h5 --split test --json
+    engine prepare ptb ../shared/data/ptb --output ptb.h5
+    engine prepare text a.txt b.txt --valid v.txt --test t.txt --output corpus.h5
+    engine prepare sotu data/addresses.tar.gz --output sotu.h5
+    engine bench softmax --quick                 # runs tools/bench_softmax.py from a source checkout
+
+With --json, the last line printed is one JSON object with the final metrics.
+Bad input ends with a one-line error naming the file and the problem (exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+# The default model for `engine train` with no arguments: small enough for a few minutes per
+# epoch on a 2-core CPU over the embedded State of the Union corpus.
+DEFAULTS = dict(context=4, embed=64, hidden=[256], activation="tanh", dropout=0.0,
+                output="softmax", optimizer="adam", lr=1e-3, epochs=2, batch_size=256)
+
+
+def _add_model_args(p):
+    p.add_argument("--context", type=int, default=DEFAULTS["context"], help="previous words seen (n)")
+    p.add_argument("--embed", type=int, default=DEFAULTS["embed"], help="embedding width")
+    p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], help="hidden widths")
+    p.add_argument("--activation", choices=["tanh", "relu"], default=DEFAULTS["activation"])
+    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
+    p.add_argument("--output", default=DEFAULTS["output"],
+                   help="output layer: softmax (exact), squared (dense squared error), ...")
+    p.add_argument("--chunk-size", type=int, default=None,
+                   help="softmax over vocabulary chunks of this many words (never holds B x D)")
+
+
+def _add_optim_args(p):
+    p.add_argument("--optimizer", choices=["adam", "sgd"], default=DEFAULTS["optimizer"])
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--clip", type=float, default=None, help="clip the global gradient norm")
+    p.add_argument("--schedule", default=None,
+                   help="constant | step:EVERY:FACTOR | cosine | plateau:FACTOR")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="engine", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command")
+
+    t = sub.add_parser("train", help="train a language model (default: the embedded SOTU corpus)")
+    t.add_argument("--data", default=None, help="corpus HDF5 (engine prepare ...); default: embedded SOTU")
+    _add_model_args(t)
+    _add_optim_args(t)
+    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
+    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
+    t.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut epochs short (quick runs)")
+    t.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--run-dir", default=None, help="run folder (default runs/<timestamp>)")
+    t.add_argument("--resume", default=None, help="checkpoint to continue from (model/optimizer from it)")
+    t.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
+    t.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
+    t.add_argument("--no-progress", action="store_true")
+    t.add_argument("--json", action="store_true", help="end with one JSON line of final metrics")
+
+    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a corpus split")
+    e.add_argument("checkpoint")
+    e.add_argument("--data", default=None, help="corpus HDF5 (default: embedded SOTU)")
+    e.add_argument("--split", default="test")
+    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    e.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("prepare", help="convert a corpus to HDF5")
+    psub = p.add_subparsers(dest="kind")
+    pt = psub.add_parser("text", help="plain-text files -> HDF5")
+    pt.add_argument("train", nargs="+", help="training text file(s)")
+    pt.add_argument("--valid", nargs="*", default=None)
+    pt.add_argument("--test", nargs="*", default=None)
+    pt.add_argument("--valid-fraction", type=float, default=0.05)
+    pt.add_argument("--test-fraction", type=float, default=0.05)
+    pt.add_argument("--min-count", type=int, default=1)
+    pt.add_argument("--max-vocab", type=int, default=None)
+    pt.add_argument("--lowercase", action="store_true")
+    pt.add_argument("--tokenizer", choices=["whitespace", "words"], default="whitespace")
+    pt.add_argument("--output", required=True)
+    pp = psub.add_parser("ptb", help="the PTB folder (ptb.train.txt, ptb.valid.txt, ptb.test.txt) -> HDF5")
+    pp.add_argument("directory")
+    pp.add_argument("--output", required=True)
+    ps = psub.add_parser("sotu", help="State of the Union tar.gz -> HDF5, split by year")
+    ps.add_argument("archive", nargs="?", default=None, help="default: the embedded data/addresses.tar.gz")
+    ps.add_argument("--train-until", type=int, default=2000)
+    ps.add_argument("--valid-until", type=int, default=2010)
+    ps.add_argument("--min-count", type=int, default=None)
+    ps.add_argument("--output", required=True)
+
+    b = sub.add_parser("bench", help="run a benchmark script of tools/ (source checkout only)")
+    b.add_argument("name", help="e.g. softmax -> tools/bench_softmax.py")
+    b.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def _make_optimizer(args):
+    from .optim import make_optimizer
+    kw = dict(lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip, schedule=args.schedule)
+    if args.optimizer == "sgd":
+        kw["momentum"] = args.momentum
+    return make_optimizer(args.optimizer, **kw)
+
+
+def _default_data():
+    from .data.prepare import ensure_default_corpus
+    return ensure_default_corpus()
+
+
+def cmd_train(args):
+    from .engine import Engine
+    from .models import MLPLanguageModel
+
+    data = args.data or _default_data()
+    if args.resume:
+        engine = Engine.from_checkpoint(args.resume, device=args.device)
+    else:
+        from .data.hdf5_schema import open_lm_corpus
+        with open_lm_corpus(data) as corpus:
+            vocab_size = corpus.vocab_size
+        out_kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+        model = MLPLanguageModel(vocab_size, context=args.context, embed_dim=args.embed,
+                                 hidden=args.hidden, activation=args.activation,
+                                 dropout=args.dropout, output=args.output, output_kwargs=out_kw)
+        engine = Engine(model, _make_optimizer(args), device=args.device, seed=args.seed, dtype=args.dtype)
+    run_config = {"data": os.path.abspath(data), "command": sys.argv, **{k: v for k, v in vars(args).items()
+                                                                         if k != "func"}}
+    run_dir = args.run_dir or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else "auto")
+    history = engine.train(data, epochs=args.epochs, batch_size=args.batch_size, valid=data,
+                           run_dir=run_dir, checkpoint_every=args.checkpoint_every,
+                           max_steps_per_epoch=args.max_steps_per_epoch,
+                           progress=not args.no_progress, run_config=run_config)
+    last = history[-1] if history else {}
+    result = {"device": engine.device, "epochs": engine.epoch, "steps": engine.step,
+              "loss": last.get("train_loss"), "perplexity": last.get("train_perplexity"),
+              "valid_loss": last.get("valid_loss"), "valid_perplexity": last.get("valid_perplexity"),
+              "seconds_per_epoch": (sum(h["seconds"] for h in history) / len(history)) if history else None,
+              "run_dir": engine.run_dir}
+    if not args.no_test:
+        test = engine.evaluate(data, split="test", batch_size=max(args.batch_size, 512))
+        result["test_loss"] = test["loss"]
+        result["test_perplexity"] = test.get("perplexity")
+        print(f"[engine] test loss {test['loss']:.4f}" +
+              (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else ""))
+    return result
+
+
+def cmd_evaluate(args):
+    from .engine import Engine
+    engine = Engine.from_checkpoint(args.checkpoint, device=args.device)
+    data = args.data or _default_data()
+    metrics = engine.evaluate(data, split=args.split, batch_size=args.batch_size)
+    line = f"[engine] {args.split}: loss {metrics['loss']:.4f}"
+    if "perplexity" in metrics:
+        line += f", perplexity {metrics['perplexity']:.2f}"
+    print(line + f" over {metrics['examples']:,} examples in {metrics['seconds']:.1f} s")
+    return {"split": args.split, **metrics, "perplexity": metrics.get("perplexity")}
+
+
+def cmd_prepare(args):
+    from .data import prepare
+    if args.kind == "text":
+        info = prepare.prepare_text(args.train, args.valid, args.test, args.output,
+                                    min_count=args.min_count, max_vocab=args.max_vocab,
+                                    lowercase=args.lowercase, tokenizer=args.tokenizer,
+                                    valid_fraction=args.valid_fraction, test_fraction=args.test_fraction)
+    elif args.kind == "ptb":
+        info = prepare.prepare_ptb(args.directory, args.output)
+    elif args.kind == "sotu":
+        kw = {} if args.min_count is None else {"min_count": args.min_count}
+        info = prepare.prepare_sotu(args.archive or prepare.default_corpus_path(), args.output,
+                                    train_until=args.train_until, valid_until=args.valid_until, **kw)
+    else:
+        raise SystemExit("engine prepare: choose text, ptb or sotu (see engine prepare -h)")
+    print(f"[engine] wrote {args.output}")
+    return info if isinstance(info, dict) else {"output": args.output}
+
+
+def cmd_bench(args):
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    script = os.path.join(here, "tools", f"bench_{args.name}.py")
+    if not os.path.exists(script):
+        raise FileNotFoundError(f"{script}: no such benchmark (benchmarks live in tools/ of a source checkout)")
+    return subprocess.call([sys.executable, script] + list(args.args))
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        args = parser.parse_args(["train"] + list(argv if argv is not None else sys.argv[1:]))
+    from .checkpoint import CheckpointError
+    from .data.errors import DataError
+    from .engine import TrainingDiverged
+    try:
+        if args.command == "bench":
+            return cmd_bench(args)
+        result = {"train": cmd_train, "evaluate": cmd_evaluate, "prepare": cmd_prepare}[args.command](args)
+    except (DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
+        print(f"engine {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"engine {args.command}: training diverged: {exc}", file=sys.stderr)
+        return 3
+    if getattr(args, "json", False):
+        print(json.dumps(result, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""Engine: train / evaluate / predict a model with an optimizer on one backend, with checkpoints.
+
+    engine = Engine(MLPLanguageModel(vocab_size, ...), Adam(lr=1e-3), device="auto", seed=0)
+    history = engine.train("corpus.h5", epochs=3, batch_size=256, valid="corpus.h5")
+    engine.evaluate("corpus.h5", split="test")     # {"loss", "perplexity", "examples", ...}
+
+Data: a corpus path or an opened LM corpus (train uses its "train" split, `valid` its "valid"
+split), an `(x, y)` pair of arrays, or any loader with `iter_from(epoch, start_batch)` and
+`__len__` (see engine/data/arrays.py).
+
+Determinism: parameters are drawn from `seed` on the host; epoch `e` is shuffled with
+(seed, e); dropout masks are keyed by (seed, step). A checkpoint stores the model, the optimizer
+and the position (epoch, batch in epoch, step, running sums), so a resumed run continues exactly
+as the uninterrupted run would (bit-identical on the CPU).
+
+Divergence: at every sync point (every step on the CPU, every `sync_every` steps on the GPU) the
+loss is checked before the update; a NaN or inf stops training with `TrainingDiverged`, and the
+last checkpoint written (before the bad step) is kept.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy
+
+from .backend import get_backend
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .data.arrays import ArrayLoader
+from .models import build_model
+from .runlog import RunLog, default_run_dir
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+def _is_lm_corpus_source(data):
+    return isinstance(data, (str, os.PathLike)) or hasattr(data, "vocab_hash")
+
+
+class Engine:
+    def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True):
+        self.backend = get_backend(device, verbose=verbose)
+        self.device = self.backend.device
+        self.seed, self.dtype, self.verbose = int(seed), numpy.dtype(dtype), verbose
+        if self.dtype not in (numpy.float32, numpy.float64):
+            raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        self.model = model.bind(self.backend, self.seed, self.dtype)
+        self.optimizer = optimizer
+        optimizer.bind(self.backend)
+        # training position: everything a resumed run needs to continue exactly
+        self.step = 0            # optimizer steps taken
+        self.epoch = 0           # epochs completed
+        self.batch_in_epoch = 0  # batches of the current epoch already trained
+        self.epoch_loss_sum = 0.0
+        self.epoch_examples = 0
+        self.epoch_seconds = 0.0
+        self.history = []
+        self.step_log = []       # [step, loss] at every sync point, for the plot
+        self.data_vocab_hash = None
+        self.run_dir = None
+
+    # ------------------------------------------------------------------ data
+    def make_loader(self, data, split, batch_size, shuffle):
+        """Any supported data source -> a loader with iter_from / __len__."""
+        if hasattr(data, "iter_from"):
+            return data
+        if isinstance(data, tuple) and len(data) == 2:
+            return ArrayLoader(data[0], data[1], batch_size, shuffle=shuffle, seed=self.seed,
+                               backend=self.backend)
+        if _is_lm_corpus_source(data):
+            from .data.loader import NGramLoader
+            loader = NGramLoader(data, split, context=self.model.context, batch_size=batch_size,
+                                 shuffle=shuffle, seed=self.seed, backend=self.backend)
+            self._check_vocabulary(loader.corpus)
+            return loader
+        raise TypeError(f"cannot make a loader from {type(data).__name__}: give a corpus path, "
+                        f"an (x, y) pair or a loader")
+
+    def _check_vocabulary(self, corpus):
+        name = getattr(corpus, "path", "the corpus")
+        vocab_size = getattr(self.model, "vocab_size", None)
+        if vocab_size is not None and corpus.vocab_size != vocab_size:
+            raise ValueError(f"{name}: vocabulary of {corpus.vocab_size} words but the model "
+                             f"has {vocab_size} outputs (vocabulary mismatch)")
+        h = corpus.vocab_hash()
+        if self.data_vocab_hash is not None and h != self.data_vocab_hash:
+            raise ValueError(f"{name}: its vocabulary differs from the one this model was "
+                             f"trained with (vocabulary hash {h} vs {self.data_vocab_hash})")
+        self.data_vocab_hash = h
+
+    # -------------------------------------------------------------- training
+    def train_step(self, x, y, check_finite=True):
+        """One forward, backward and update. Returns the loss (0-d device array)."""
+        self.model.set_random_key(self.seed, self.step)
+        loss = self.model.forward(x, y, train=True)
+        if check_finite:
+            value = float(loss)
+            if not math.isfinite(value):
+                raise TrainingDiverged(
+                    f"loss became {value} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
+                    f"(step {self.step + 1}); the update was not applied")
+        self.model.backward()
+        items = [(key, layer.params[name], layer.grads.get(name))
+                 for key, layer, name in self.model.param_items()]
+        lr = self.optimizer.step(items, epoch=self.epoch)
+        for layer in self.model.self_updating_layers():
+            layer.apply_update(lr)
+        for layer in self.model.layers:
+            layer.zero_grads()
+        self.step += 1
+        return loss
+
+    def train(self, train, epochs=1, batch_size=128, valid=None, run_dir=None,
+              checkpoint_every=None, max_steps_per_epoch=None, max_steps=None, sync_every=None,
+              progress=True, eval_batch_size=None, run_config=None):
+        """Train until `epochs` epochs are complete (counting any already done before a resume).
+
+        Returns the history: one dict per epoch (train loss/perplexity, valid loss/perplexity,
+        seconds, examples per second, learning rate). With `run_dir` (or "auto"), writes
+        log.txt, metrics.json, plot.png and checkpoint.h5 there. `max_steps` stops early (after
+        a checkpoint) once that many steps in total have been taken, as an interruption would.
+        """
+        if run_dir == "auto":
+            run_dir = default_run_dir()
+        self.run_dir = run_dir
+        log = RunLog(run_dir, config=run_config, quiet=not self.verbose) if run_dir else None
+        loader = self.make_loader(train, "train", batch_size, shuffle=True)
+        valid_loader = (self.make_loader(valid, "valid", eval_batch_size or batch_size, shuffle=False)
+                        if valid is not None else None)
+        n_batches = len(loader)
+        if max_steps_per_epoch:
+            n_batches = min(n_batches, int(max_steps_per_epoch))
+        if n_batches == 0:
+            raise ValueError("training data yields no batch (empty dataset, or batch larger than the "
+                             "data with drop_last)")
+        if hasattr(self.optimizer, "set_total_steps"):
+            self.optimizer.set_total_steps(int(epochs) * n_batches)   # for cosine schedules
+        if sync_every is None:
+            sync_every = 1 if self.backend.device == "cpu" else 20
+        xp = self.backend.xp
+        if log:
+            log.line(f"[engine] device {self.backend.device}, {self.model.num_parameters():,} parameters, "
+                     f"{n_batches} batches of {batch_size} per epoch, run folder {run_dir}")
+
+        while self.epoch < epochs:
+            self._t0 = time.perf_counter()
+            loss_sum = xp.zeros((), dtype=numpy.float64) + self.epoch_loss_sum
+            bar = self._progress(progress, n_batches, self.batch_in_epoch)
+            batches = loader.iter_from(self.epoch, self.batch_in_epoch)
+            try:
+                for x, y in batches:
+                    if self.batch_in_epoch >= n_batches:
+                        break
+                    sync = (self.step + 1) % sync_every == 0
+                    loss = self.train_step(x, y, check_finite=sync)
+                    rows = int(y.shape[0])
+                    loss_sum += loss.astype(numpy.float64) * rows
+                    self.epoch_examples += rows
+                    self.batch_in_epoch += 1
+                    if sync:
+                        value = float(loss)
+                        self.step_log.append([self.step, value])
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{value:.3f}", refresh=False)
+                    if bar is not None:
+                        bar.update(1)
+                    if log and checkpoint_every and self.step % checkpoint_every == 0:
+                        self._snapshot(loss_sum)
+                        self.save_checkpoint(log.checkpoint_path)
+                    if max_steps is not None and self.step >= max_steps:
+                        break
+            except TrainingDiverged as exc:
+                kept = log.checkpoint_path if log and os.path.exists(log.checkpoint_path) else None
+                msg = f"{exc}; " + (f"last good checkpoint kept at {kept}" if kept else "no checkpoint was written")
+                if log:
+                    log.line(f"[engine] stopped: {msg}")
+                raise TrainingDiverged(msg) from None
+            finally:
+                if bar is not None:
+                    bar.close()
+                if hasattr(batches, "close"):
+                    batches.close()
+            if max_steps is not None and self.step >= max_steps and self.batch_in_epoch < n_batches:
+                self._snapshot(loss_sum)
+                if log:
+                    self.save_checkpoint(log.checkpoint_path)
+                    log.line(f"[engine] stopped after {self.step} steps (max_steps); resume from "
+                             f"{log.checkpoint_path}")
+                return self.history
+            self._snapshot(loss_sum)
+            self._finish_epoch(valid_loader, log)
+        return self.history
+
+    def _progress(self, progress, total, initial):
+        if not progress:
+            return None
+        try:
+            from tqdm import tqdm
+        except Exception:
+            return None
+        return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", unit="batch",
+                    mininterval=1.0, leave=False, dynamic_ncols=True)
+
+    def _snapshot(self, loss_sum):
+        """Bring the saved position up to date (running loss sum, seconds spent in this epoch)."""
+        self.backend.synchronize()
+        now = time.perf_counter()
+        self.epoch_loss_sum = float(loss_sum)
+        self.epoch_seconds += now - self._t0
+        self._t0 = now
+
+    def _finish_epoch(self, valid_loader, log):
+        seconds = self.epoch_seconds
+        train_loss = self.epoch_loss_sum / max(self.epoch_examples, 1)
+        record = {"epoch": self.epoch + 1, "step": self.step, "train_loss": train_loss,
+                  "seconds": seconds, "examples_per_second": self.epoch_examples / max(seconds, 1e-9),
+                  "lr": self.optimizer.current_lr(self.epoch), "device": self.backend.device}
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"epoch {self.epoch + 1} mean training loss is {train_loss}")
+        likelihood = self.model.output.has_likelihood
+        if likelihood:
+            record["train_perplexity"] = math.exp(min(train_loss, 700))
+        if valid_loader is not None:
+            metrics = self.evaluate(valid_loader)
+            record["valid_loss"] = metrics["loss"]
+            if likelihood:
+                record["valid_perplexity"] = metrics["perplexity"]
+            if hasattr(self.optimizer, "observe"):
+                self.optimizer.observe(metrics["loss"])
+        self.history.append(record)
+        self.epoch += 1
+        self.batch_in_epoch, self.epoch_loss_sum, self.epoch_examples, self.epoch_seconds = 0, 0.0, 0, 0.0
+        if log:
+            parts = [f"epoch {record['epoch']}", f"train loss {train_loss:.4f}"]
+            if "train_perplexity" in record:
+                parts.append(f"ppl {record['train_perplexity']:.2f}")
+            if "valid_loss" in record:
+                parts.append(f"valid loss {record['valid_loss']:.4f}")
+            if "valid_perplexity" in record:
+                parts.append(f"valid ppl {record['valid_perplexity']:.2f}")
+            parts.append(f"{seconds:.1f} s ({record['examples_per_second']:,.0f} ex/s)")
+            log.line("[engine] " + ", ".join(parts))
+            self.save_checkpoint(log.checkpoint_path)
+            log.write_metrics(self.history, self.step_log)
+            log.plot(self.history, self.step_log)
+
+    # ------------------------------------------------------------ evaluation
+    def evaluate(self, data, split="test", batch_size=512):
+        """Mean loss over every example (per token for a language model) and its perplexity."""
+        loader = self.make_loader(data, split, batch_size, shuffle=False)
+        xp = self.backend.xp
+        out = self.model.output
+        total = xp.zeros((), dtype=numpy.float64)
+        count = xp.zeros((), dtype=numpy.int64)
+        t0 = time.perf_counter()
+        for x, y in loader.iter_from(0, 0):
+            if out.has_likelihood:
+                total -= self.model.log_prob(x, y).astype(numpy.float64).sum()
+                count += (y >= 0).sum() if y.ndim == 1 else y.shape[0]
+            else:
+                total += self.model.loss(x, y).astype(numpy.float64) * y.shape[0]
+                count += y.shape[0]
+        n = int(count)
+        if n == 0:
+            raise ValueError("evaluate: the data holds no example")
+        loss = float(total) / n
+        result = {"loss": loss, "examples": n, "seconds": time.perf_counter() - t0,
+                  "device": self.backend.device}
+        if out.has_likelihood:
+            result["perplexity"] = math.exp(min(loss, 700))
+        return result
+
+    def predict_topk(self, x, k=1):
+        return self.model.predict_topk(self.backend.asarray(x), k)
+
+    # ----------------------------------------------------------- checkpoints
+    def engine_state(self):
+        return {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "epoch_loss_sum": self.epoch_loss_sum, "epoch_examples": self.epoch_examples,
+                "epoch_seconds": self.epoch_seconds, "seed": self.seed, "dtype": self.dtype.name,
+                "history": self.history, "step_log": self.step_log,
+                "data_vocab_hash": self.data_vocab_hash}
+
+    def save_checkpoint(self, path):
+        opt = self.optimizer
+        save_checkpoint(path, self.model.kind, self.model.config(), self.model.state_dict(),
+                        type(opt).__name__.lower(), opt.config(), opt.state_dict(), self.engine_state())
+
+    @classmethod
+    def from_checkpoint(cls, path, device="auto", verbose=True):
+        """Rebuild model, optimizer and training position from a checkpoint."""
+        from .optim import optimizer_from_config
+        ck = load_checkpoint(path)
+        state = ck["engine_state"]
+        try:
+            model = build_model(ck["model_kind"], ck["model_config"])
+            optimizer = optimizer_from_config(ck["optimizer_config"])
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{path}: cannot rebuild the model/optimizer: {exc}") from None
+        engine = cls(model, optimizer, device=device, seed=state["seed"], dtype=state["dtype"],
+                     verbose=verbose)
+        try:
+            model.load_state_dict(ck["model_state"])
+        except (KeyError, ValueError) as exc:
+            raise CheckpointError(f"{path}: model state does not fit the model: {exc}") from None
+        optimizer.load_state_dict(ck["optimizer_state"])
+        for key in ("step", "epoch", "batch_in_epoch", "epoch_loss_sum", "epoch_examples",
+                    "epoch_seconds", "history", "step_log", "data_vocab_hash"):
+            setattr(engine, key, state[key])
+        return engine

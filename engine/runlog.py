@@ -1,0 +1,96 @@
+"""The run folder: a log file, the metrics JSON and the loss/perplexity plot of one training run.
+
+runs/<name>/
+  log.txt          one line per epoch (also printed)
+  metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...]}
+  checkpoint.h5    the last good checkpoint (written by the engine, atomically)
+  plot.png         training loss per logged step and per epoch, validation perplexity per epoch
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+
+
+def default_run_dir(root="runs"):
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = os.path.join(root, stamp)
+    n = 1
+    while os.path.exists(path):
+        n += 1
+        path = os.path.join(root, f"{stamp}-{n}")
+    return path
+
+
+def write_json_atomic(path, obj):
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(obj, fh, indent=1, default=float)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+class RunLog:
+    def __init__(self, run_dir, config=None, quiet=False):
+        self.run_dir = run_dir
+        self.quiet = quiet
+        self.config = config or {}
+        os.makedirs(run_dir, exist_ok=True)
+        self.log_path = os.path.join(run_dir, "log.txt")
+        self.metrics_path = os.path.join(run_dir, "metrics.json")
+        self.plot_path = os.path.join(run_dir, "plot.png")
+        self.checkpoint_path = os.path.join(run_dir, "checkpoint.h5")
+
+    def line(self, text):
+        if not self.quiet:
+            print(text, flush=True)
+        with open(self.log_path, "a") as fh:
+            fh.write(text + "\n")
+
+    def write_metrics(self, history, steps):
+        write_json_atomic(self.metrics_path, {"config": self.config, "history": history, "steps": steps})
+
+    def plot(self, history, steps):
+        """Loss per logged step and per epoch, and validation perplexity; skipped without matplotlib."""
+        try:
+            import matplotlib
+            matplotlib.use("Agg")
+            import matplotlib.pyplot as plt
+        except Exception:
+            return None
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+        ax = axes[0]
+        if steps:
+            ax.plot([s for s, _ in steps], [v for _, v in steps], lw=0.8, alpha=0.6, label="train (logged steps)")
+        ends = [h["step"] for h in history]
+        ax.plot(ends, [h["train_loss"] for h in history], "o-", label="train (epoch mean)")
+        if history and "valid_loss" in history[0]:
+            ax.plot(ends, [h["valid_loss"] for h in history], "s-", label="valid")
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.legend()
+        ax = axes[1]
+        epochs = [h["epoch"] for h in history]
+        if history and "train_perplexity" in history[0]:
+            ax.plot(epochs, [h["train_perplexity"] for h in history], "o-", label="train")
+        if history and "valid_perplexity" in history[0]:
+            ax.plot(epochs, [h["valid_perplexity"] for h in history], "s-", label="valid")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("perplexity")
+        if ax.lines:
+            ax.set_yscale("log")
+            ax.legend()
+        else:
+            ax.set_title("no perplexity: the output defines no likelihood")
+        fig.tight_layout()
+        fig.savefig(self.plot_path, dpi=100)
+        plt.close(fig)
+        return self.plot_path
