@@ -102,6 +102,9 @@ class Engine:
                 raise TrainingDiverged(
                     f"loss became {value} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
                     f"(step {self.step + 1}); the update was not applied")
+        for layer in self.model.self_updating_layers():
+            if hasattr(layer, "prepare_update"):    # layers that update inside backward
+                layer.prepare_update(self.optimizer.current_lr(self.epoch))
         self.model.backward()
         items = [(key, layer.params[name], layer.grads.get(name))
                  for key, layer, name in self.model.param_items()]

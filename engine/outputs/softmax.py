@@ -17,6 +17,13 @@ chunk at a time; loss and gradients equal the whole mode's to rounding.
 
 The 1/N of the mean (N = rows not ignored) is applied to the small results (dW, db, dh) as a
 device scalar, so there is no host synchronisation in a step.
+
+Fused SGD update (`update="fused-sgd"`, chunked mode): backward applies W_c -= lr G_c^T h (and
+the bias) chunk by chunk, right after the chunk's contribution to dh has been taken with the old
+W_c, so the D x d gradient is never stored either: the step's extra memory is one B x C chunk.
+The result equals a plain SGD step (no momentum, decay or clipping on this layer: those need the
+whole gradient). The layer then owns its update (`owns_update`): the engine hands it the
+learning rate with `prepare_update(lr)` before backward, and the optimizer skips it.
 """
 from __future__ import annotations
 
@@ -32,8 +39,14 @@ def _check_targets(xp, targets, batch):
 
 class SoftmaxOutput(OutputLayer):
     def __init__(self, in_features: int, num_classes: int, bias: bool = True,
-                 chunk_size: int | None = None, init_scale: float | None = None):
+                 chunk_size: int | None = None, init_scale: float | None = None,
+                 update: str = "optimizer"):
         super().__init__()
+        if update not in ("optimizer", "fused-sgd"):
+            raise ValueError(f"softmax: update must be 'optimizer' or 'fused-sgd', got {update!r}")
+        self.update = update
+        self.owns_update = update == "fused-sgd"
+        self._lr = None
         if in_features < 1 or num_classes < 1:
             raise ValueError(f"softmax: sizes must be positive, got d={in_features}, D={num_classes}")
         if chunk_size is not None and chunk_size < 1:
@@ -89,7 +102,7 @@ class SoftmaxOutput(OutputLayer):
             raise ValueError(f"softmax: expected h (B, {self.in_features}), got {tuple(h.shape)}")
         _check_targets(self.backend.xp, targets, h.shape[0])
         scale, _ = self._mean_scale(targets)
-        if self.chunk_size is None or self.chunk_size >= self.num_classes:
+        if (self.chunk_size is None or self.chunk_size >= self.num_classes) and not self.owns_update:
             logits = self._logits(h, 0, self.num_classes)
             # fused: loss per row, and logits -> (softmax - onehot) in place (zero for ignored rows)
             loss_rows = self.backend.softmax_xent_fused(logits, targets, 1.0)
@@ -114,6 +127,8 @@ class SoftmaxOutput(OutputLayer):
             return (grad_logits @ W) * scale
         lse = extra
         xp, be = self.backend.xp, self.backend
+        if self.owns_update:
+            return self._backward_fused_sgd(h, targets, lse, scale)
         dW = xp.empty_like(W)
         db = xp.empty((self.num_classes,), dtype=self.dtype) if self.use_bias else None
         dh = xp.zeros_like(h)
@@ -129,6 +144,32 @@ class SoftmaxOutput(OutputLayer):
         if db is not None:
             db *= scale
             self.grads["b"] = db
+        dh *= scale
+        return dh
+
+    # -- fused SGD update (owns_update) -------------------------------------------
+    def prepare_update(self, lr):
+        """The learning rate the coming backward() applies (called by the engine)."""
+        self._lr = float(lr)
+
+    def apply_update(self, lr):
+        """Nothing left to do: backward() already applied the update with prepare_update's lr."""
+
+    def _backward_fused_sgd(self, h, targets, lse, scale):
+        if self._lr is None:
+            raise RuntimeError("softmax(update='fused-sgd'): call prepare_update(lr) before backward()")
+        xp, be = self.backend.xp, self.backend
+        W = self.params["W"]
+        step = (-self._lr * scale).astype(self.dtype)       # device scalar: -lr / N
+        dh = xp.zeros_like(h)
+        for start, stop in self._chunks():
+            g = self._logits(h, start, stop)
+            be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
+            dh += g @ W[start:stop]                        # with the old W_c
+            W[start:stop] += (g.T @ h) * step
+            if self.use_bias:
+                self.params["b"][start:stop] += g.sum(axis=0) * step
+        self.grads = {}
         dh *= scale
         return dh
 
@@ -171,4 +212,5 @@ class SoftmaxOutput(OutputLayer):
 
     def config(self):
         return {"in_features": self.in_features, "num_classes": self.num_classes,
-                "bias": self.use_bias, "chunk_size": self.chunk_size, "init_scale": self.init_scale}
+                "bias": self.use_bias, "chunk_size": self.chunk_size, "init_scale": self.init_scale,
+                "update": self.update}

@@ -83,3 +83,27 @@ def test_softmax_rejects_bad_shapes():
         out.forward(numpy.zeros((2, 5)), numpy.zeros(2, int))
     with pytest.raises(ValueError, match="targets must be"):
         out.forward(numpy.zeros((2, 6)), numpy.zeros(3, int))
+
+
+@pytest.mark.parametrize("chunk", [None, 4, 13])
+def test_fused_sgd_update_equals_plain_sgd_step(chunk):
+    """update='fused-sgd' applies exactly W -= lr dW, b -= lr db inside backward, same dh."""
+    plain, fused = make(chunk=chunk), SoftmaxOutput(6, 13, chunk_size=chunk, update="fused-sgd")
+    fused.bind(Backend(), numpy.random.default_rng(0), numpy.float64)
+    fused.params["b"][:] = plain.params["b"]
+    assert fused.owns_update and not plain.owns_update
+    rng = numpy.random.default_rng(7)
+    lr = 0.3
+    for step in range(5):
+        h = rng.standard_normal((5, 6))
+        t = rng.integers(-1, 13, 5)
+        lp, lf = float(plain.forward(h, t)), float(fused.forward(h, t))
+        dhp = plain.backward()
+        fused.prepare_update(lr)
+        dhf = fused.backward()
+        assert abs(lp - lf) < 1e-12
+        numpy.testing.assert_allclose(dhf, dhp, rtol=1e-12, atol=1e-14)
+        plain.params["W"] -= lr * plain.grads["W"]
+        plain.params["b"] -= lr * plain.grads["b"]
+        numpy.testing.assert_allclose(fused.params["W"], plain.params["W"], rtol=1e-12, atol=1e-14)
+        numpy.testing.assert_allclose(fused.params["b"], plain.params["b"], rtol=1e-12, atol=1e-14)
