@@ -183,8 +183,8 @@ def cmd_prepare(args):
                                     train_until=args.train_until, valid_until=args.valid_until, **kw)
     else:
         raise SystemExit("engine prepare: choose text, ptb or sotu (see engine prepare -h)")
-    print(f"[engine] wrote {args.output}")
-    return info if isinstance(info, dict) else {"output": args.output}
+    print(f"[engine] {info}")
+    return info.as_dict() if hasattr(info, "as_dict") else {"output": args.output}
 
 
 def cmd_bench(args):
