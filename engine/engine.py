@@ -68,6 +68,8 @@ class Engine:
         if hasattr(data, "iter_from"):
             return data
         if isinstance(data, tuple) and len(data) == 2:
+            if hasattr(self.model, "validate_data"):
+                self.model.validate_data(data[0], data[1], name=f"{split} data")
             return ArrayLoader(data[0], data[1], batch_size, shuffle=shuffle, seed=self.seed,
                                backend=self.backend)
         if _is_lm_corpus_source(data):

@@ -117,3 +117,15 @@ def test_failed_checkpoint_write_leaves_old_file(tmp_path, monkeypatch):
         e.save_checkpoint(str(path))
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["ck.h5"]          # no temporary left behind
+
+
+def test_out_of_range_ids_are_refused_before_training():
+    e = make_engine()
+    x, y = data()
+    x[7, 1] = 40                                     # vocabulary is [0, 40)
+    with pytest.raises(ValueError, match=r"train data: contexts id 40 at position \(7, 1\)"):
+        e.train((x, y), epochs=1, batch_size=32, progress=False)
+    x, y = data()
+    y[3] = -5
+    with pytest.raises(ValueError, match=r"targets id -5 at position \(3,\)"):
+        e.train((x, y), epochs=1, batch_size=32, progress=False)

@@ -57,6 +57,23 @@ class MLPLanguageModel(Model):
         if targets is not None and targets.shape[0] != x.shape[0]:
             raise ValueError(f"{self.kind}: {x.shape[0]} contexts but {targets.shape[0]} targets")
 
+    def validate_data(self, x, y, name="data"):
+        """Check host arrays once before training on them: shapes, and every id in the vocabulary
+        (the GPU kernels cannot raise on an out-of-range id, so it is caught here)."""
+        x, y = numpy.asarray(x), numpy.asarray(y)
+        if x.ndim != 2 or x.shape[1] != self.context:
+            raise ValueError(f"{name}: contexts must be (N, {self.context}), got {x.shape}")
+        if y.shape != (x.shape[0],):
+            raise ValueError(f"{name}: targets must be ({x.shape[0]},), got {y.shape}")
+        for what, a, low in (("contexts", x, 0), ("targets", y, -1)):
+            if a.dtype.kind not in "iu":
+                raise TypeError(f"{name}: {what} must be integer token ids, got {a.dtype}")
+            bad = numpy.flatnonzero((a.reshape(-1) < low) | (a.reshape(-1) >= self.vocab_size))
+            if bad.size:
+                pos = numpy.unravel_index(bad[0], a.shape)
+                raise ValueError(f"{name}: {what} id {a[pos]} at position {tuple(int(i) for i in pos)} "
+                                 f"is outside the vocabulary [0, {self.vocab_size})")
+
     def hidden_forward(self, x, train):
         emb = self.embedding.forward(x, train)
         h = emb.reshape(x.shape[0], self.context * self.embed_dim)
