@@ -1,0 +1,135 @@
+"""The lazy CUDA kernel loader: compile `rawkernels/<file>` once per (file, name, dtype).
+
+`get_kernel("softmax_xent.cu", "softmax_xent_fused", numpy.float32)` returns a CuPy
+`RawKernel`-like function for `softmax_xent_fused<float>`, compiled with NVRTC through
+`cupy.RawModule(code=..., options=compile_options(), name_expressions=[...])` on first use and
+cached in this process (CuPy also caches the binary on disk). CuPy is imported only inside the
+functions, so `import engine` works on a machine without CUDA or CuPy.
+
+`KERNELS` lists, per source file, the kernel templates the backend requests; the compile test
+(tests/backend/test_kernels_compile.py) checks that each appears, for float and double, in
+the PTX of its file. A technique module that adds its own `.cu` file may call `get_kernel`
+with names not listed here; add them to `KERNELS` so the compile test covers them.
+
+Launch sizing: every kernel is grid-stride, so a grid only needs to be large enough to fill the
+device. `launch_1d(n)` sizes a flat elementwise launch, `launch_rows(rows)` a one-block-per-row
+launch; both cap the grid at `MAX_BLOCKS` (tests lower it to force several grid strides).
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy
+
+#: Kernel templates per source file, as requested by engine/backend/cupy_backend.py.
+KERNELS: dict[str, tuple[str, ...]] = {
+    "softmax_xent.cu": ("softmax_xent_fused", "logsumexp_chunk_update",
+                        "softmax_xent_grad_chunk"),
+    "scatter_rows.cu": ("scatter_add_rows", "gather_rows"),
+    "adam.cu": ("adam_step", "adam_step_rows"),
+}
+
+#: C++ element type of each supported NumPy dtype.
+CTYPES: dict[str, str] = {"float32": "float", "float64": "double"}
+
+#: Threads per block for every launch (a multiple of 32: the row kernels reduce by warps).
+BLOCK = 256
+#: Largest grid a launcher asks for; the kernels stride over whatever is left.
+MAX_BLOCKS = 65535
+
+_functions: dict = {}
+
+
+def source_dir() -> Path:
+    """The rawkernels/ folder (its quoted includes need it as `-I`)."""
+    import rawkernels
+    finder = getattr(rawkernels, "source_dir", None)
+    if finder is not None:
+        return Path(finder())
+    # rawkernels imported as a namespace package (e.g. a stale editable install): search it
+    for entry in getattr(rawkernels, "__path__", ()):
+        if (Path(entry) / "common.cuh").is_file():
+            return Path(entry)
+    raise FileNotFoundError("rawkernels: cannot locate the CUDA sources (common.cuh)")
+
+
+def read_source(file: str) -> str:
+    path = source_dir() / file
+    if not path.is_file():
+        raise FileNotFoundError(f"rawkernels: no kernel source {file!r} in {path.parent}")
+    return path.read_text(encoding="utf-8")
+
+
+def module_code(file: str) -> str:
+    """The code handed to NVRTC: the source plus a trailing comment with a hash of the headers.
+
+    CuPy's on-disk kernel cache is keyed by the code string and the options, not by the files
+    that `#include "..."` pulls in through `-I`; the hash makes an edited header invalidate it.
+    """
+    digest = hashlib.sha256()
+    for header in sorted(source_dir().glob("*.cuh")):
+        digest.update(header.name.encode())
+        digest.update(header.read_bytes())
+    return read_source(file) + f"\n// rawkernels headers sha256 {digest.hexdigest()}\n"
+
+
+def compile_options() -> tuple[str, ...]:
+    """NVRTC options used for every module (the compile test uses the same standard)."""
+    return ("-std=c++14", f"-I{source_dir()}")
+
+
+def ctype(dtype) -> str:
+    """'float' or 'double' for float32/float64; ValueError for any other dtype."""
+    dt = numpy.dtype(dtype)
+    try:
+        return CTYPES[dt.name]
+    except KeyError:
+        raise ValueError(f"no CUDA kernel instantiation for dtype {dt.name} "
+                         f"(have {sorted(CTYPES)})") from None
+
+
+def name_expression(name: str, dtype) -> str:
+    """The NVRTC name expression of a kernel template instance, e.g. 'gather_rows<float>'."""
+    return f"{name}<{ctype(dtype)}>"
+
+
+def get_kernel(file: str, name: str, dtype):
+    """The compiled `name<T>` of `rawkernels/<file>` for T = dtype, compiled once and cached."""
+    dt = numpy.dtype(dtype)
+    key = (file, name, dt.name)
+    fn = _functions.get(key)
+    if fn is None:
+        import cupy
+        expr = name_expression(name, dt)
+        module = cupy.RawModule(code=module_code(file), options=compile_options(),
+                                name_expressions=[expr])
+        fn = module.get_function(expr)
+        _functions[key] = fn
+    return fn
+
+
+def clear_cache() -> None:
+    """Forget the compiled functions (the next get_kernel recompiles, or hits CuPy's disk cache)."""
+    _functions.clear()
+
+
+def _blocks(n_blocks: int) -> int:
+    return int(max(1, min(int(n_blocks), int(MAX_BLOCKS))))
+
+
+def launch_1d(n: int, block: int | None = None) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for a flat grid-stride loop over n elements."""
+    block = BLOCK if block is None else int(block)
+    return (_blocks(-(-int(n) // block)),), (block,)
+
+
+def launch_rows(rows: int, block: int | None = None) -> tuple[tuple[int], tuple[int]]:
+    """(grid, block) for a one-block-per-row kernel over `rows` rows."""
+    block = BLOCK if block is None else int(block)
+    return (_blocks(rows),), (block,)
+
+
+__all__ = ["BLOCK", "KERNELS", "MAX_BLOCKS", "clear_cache", "compile_options", "ctype",
+           "get_kernel", "launch_1d", "launch_rows", "module_code", "name_expression",
+           "read_source", "source_dir"]
