@@ -7,7 +7,7 @@ the reason when there is no GPU.
 import numpy
 import pytest
 
-from conftest import make_backend, to_host
+from devices import make_backend, to_host
 from engine import Adam, Engine, MLPLanguageModel, SGD
 
 CASES = [
