@@ -1,6 +1,5 @@
 """Engine: same seed same run, checkpoint-resume equals uninterrupted, NaN stop, bad checkpoints."""
 import json
-import os
 
 import numpy
 import pytest

@@ -111,6 +111,15 @@ class OutputLayer(Layer):
     #: Whether `log_prob` is a normalised log-probability (gives perplexity); squared error is not.
     has_likelihood = True
 
+    def init_params(self, rng):
+        """Dense outputs: W (D, d) uniform in +-init_scale (default 1/sqrt(d)), bias zero.
+        Subclasses with other parameters override this."""
+        a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
+        params = {"W": rng.uniform(-a, a, size=(self.num_classes, self.in_features))}
+        if self.use_bias:
+            params["b"] = numpy.zeros(self.num_classes)
+        return params
+
     def forward(self, h, targets, train: bool = True):
         raise NotImplementedError
 

@@ -27,7 +27,6 @@ learning rate with `prepare_update(lr)` before backward, and the optimizer skips
 """
 from __future__ import annotations
 
-import numpy
 
 from ..layers.base import OutputLayer
 
@@ -56,13 +55,6 @@ class SoftmaxOutput(OutputLayer):
         self.chunk_size = None if chunk_size is None else int(chunk_size)
         self.init_scale = init_scale
         self._cache = None
-
-    def init_params(self, rng):
-        a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
-        params = {"W": rng.uniform(-a, a, size=(self.num_classes, self.in_features))}
-        if self.use_bias:
-            params["b"] = numpy.zeros(self.num_classes)
-        return params
 
     # -- pieces -------------------------------------------------------------------
     def _chunks(self, chunk_size=None):

@@ -13,7 +13,6 @@ This layer forms the whole B x D output on purpose: it is the O(B D d) reference
 """
 from __future__ import annotations
 
-import numpy
 
 from ..layers.base import OutputLayer
 
@@ -38,13 +37,6 @@ class SquaredErrorOutput(OutputLayer):
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.use_bias, self.reduction, self.init_scale = bool(bias), reduction, init_scale
         self._cache = None
-
-    def init_params(self, rng):
-        a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
-        params = {"W": rng.uniform(-a, a, size=(self.num_classes, self.in_features))}
-        if self.use_bias:
-            params["b"] = numpy.zeros(self.num_classes)
-        return params
 
     def scores(self, h):
         """O = h W^T + b, (B, D)."""
