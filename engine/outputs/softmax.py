@@ -111,27 +111,27 @@ class SoftmaxOutput(OutputLayer):
         mode, h, targets, extra, scale = self._cache
         self._cache = None
         W = self.params["W"]
+        h_scaled = h * scale                          # (B, d): the 1/N goes on the small side
         if mode == "whole":
             grad_logits = extra                       # (B, D), already softmax - onehot
-            self.grads["W"] = (grad_logits.T @ h) * scale
+            self.grads["W"] = grad_logits.T @ h_scaled
             if self.use_bias:
                 self.grads["b"] = grad_logits.sum(axis=0) * scale
             return (grad_logits @ W) * scale
         lse = extra
         xp, be = self.backend.xp, self.backend
         if self.owns_update:
-            return self._backward_fused_sgd(h, targets, lse, scale)
+            return self._backward_fused_sgd(h, targets, lse, scale, h_scaled)
         dW = xp.empty_like(W)
         db = xp.empty((self.num_classes,), dtype=self.dtype) if self.use_bias else None
         dh = xp.zeros_like(h)
         for start, stop in self._chunks():
             g = self._logits(h, start, stop)
             be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
-            xp.matmul(g.T, h, out=dW[start:stop])
+            xp.matmul(g.T, h_scaled, out=dW[start:stop])
             if db is not None:
                 g.sum(axis=0, out=db[start:stop])
             dh += g @ W[start:stop]
-        dW *= scale
         self.grads["W"] = dW
         if db is not None:
             db *= scale
@@ -147,18 +147,19 @@ class SoftmaxOutput(OutputLayer):
     def apply_update(self, lr):
         """Nothing left to do: backward() already applied the update with prepare_update's lr."""
 
-    def _backward_fused_sgd(self, h, targets, lse, scale):
+    def _backward_fused_sgd(self, h, targets, lse, scale, h_scaled):
         if self._lr is None:
             raise RuntimeError("softmax(update='fused-sgd'): call prepare_update(lr) before backward()")
         xp, be = self.backend.xp, self.backend
         W = self.params["W"]
         step = (-self._lr * scale).astype(self.dtype)       # device scalar: -lr / N
+        h_step = h_scaled * self.dtype.type(-self._lr)      # (B, d): -lr/N folded into h
         dh = xp.zeros_like(h)
         for start, stop in self._chunks():
             g = self._logits(h, start, stop)
             be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
             dh += g @ W[start:stop]                        # with the old W_c
-            W[start:stop] += (g.T @ h) * step
+            W[start:stop] += g.T @ h_step
             if self.use_bias:
                 self.params["b"][start:stop] += g.sum(axis=0) * step
         self.grads = {}
