@@ -62,12 +62,23 @@ class SoftmaxOutput(OutputLayer):
         for start in range(0, self.num_classes, c):
             yield start, min(start + c, self.num_classes)
 
-    def _logits(self, h, start, stop):
-        """Logits of columns [start, stop): (B, stop - start), a fresh array."""
-        logits = h @ self.params["W"][start:stop].T
+    def _logits(self, h, start, stop, scratch=None):
+        """Logits of columns [start, stop): (B, stop - start). With `scratch` (a flat buffer of
+        at least B * chunk elements) they are written into it, so a chunk loop reuses one buffer."""
+        W = self.params["W"][start:stop]
+        if scratch is None:
+            logits = h @ W.T
+        else:
+            logits = scratch[:h.shape[0] * (stop - start)].reshape(h.shape[0], stop - start)
+            self.backend.xp.matmul(h, W.T, out=logits)
         if self.use_bias:
             logits += self.params["b"][start:stop]
         return logits
+
+    def _scratch(self, rows, chunk_size=None):
+        """A flat buffer for `rows` x (largest chunk) elements, reused across a chunk loop."""
+        c = min(chunk_size or self.chunk_size or self.num_classes, self.num_classes)
+        return self.backend.xp.empty((rows * c,), dtype=self.dtype)
 
     def _mean_scale(self, targets):
         """Device scalar 1 / (number of rows not ignored), and that count."""
@@ -82,8 +93,9 @@ class SoftmaxOutput(OutputLayer):
         run_max = xp.full((batch,), -xp.inf, dtype=self.dtype)
         run_sum = xp.zeros((batch,), dtype=self.dtype)
         target_logit = xp.zeros((batch,), dtype=self.dtype)
+        scratch = self._scratch(batch, chunk_size)
         for start, stop in self._chunks(chunk_size):
-            be.logsumexp_chunk_update(self._logits(h, start, stop), start, targets,
+            be.logsumexp_chunk_update(self._logits(h, start, stop, scratch), start, targets,
                                       run_max, run_sum, target_logit)
         return run_max + xp.log(run_sum), target_logit
 
@@ -125,8 +137,9 @@ class SoftmaxOutput(OutputLayer):
         dW = xp.empty_like(W)
         db = xp.empty((self.num_classes,), dtype=self.dtype) if self.use_bias else None
         dh = xp.zeros_like(h)
+        scratch = self._scratch(h.shape[0])
         for start, stop in self._chunks():
-            g = self._logits(h, start, stop)
+            g = self._logits(h, start, stop, scratch)
             be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
             xp.matmul(g.T, h_scaled, out=dW[start:stop])
             if db is not None:
@@ -155,11 +168,15 @@ class SoftmaxOutput(OutputLayer):
         step = (-self._lr * scale).astype(self.dtype)       # device scalar: -lr / N
         h_step = h_scaled * self.dtype.type(-self._lr)      # (B, d): -lr/N folded into h
         dh = xp.zeros_like(h)
+        scratch = self._scratch(h.shape[0])
+        update = self._scratch(self.in_features)          # (C, d) update of one chunk
         for start, stop in self._chunks():
-            g = self._logits(h, start, stop)
+            g = self._logits(h, start, stop, scratch)
             be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
             dh += g @ W[start:stop]                        # with the old W_c
-            W[start:stop] += g.T @ h_step
+            step_cd = update[:(stop - start) * self.in_features].reshape(stop - start, self.in_features)
+            xp.matmul(g.T, h_step, out=step_cd)
+            W[start:stop] += step_cd
             if self.use_bias:
                 self.params["b"][start:stop] += g.sum(axis=0) * step
         self.grads = {}
