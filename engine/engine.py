@@ -60,6 +60,7 @@ class Engine:
         self.history = []
         self.step_log = []       # [step, loss] at every sync point, for the plot
         self.data_vocab_hash = None
+        self.batch_size = None
         self.run_dir = None
 
     # ------------------------------------------------------------------ data
@@ -135,6 +136,10 @@ class Engine:
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
         valid_loader = (self.make_loader(valid, "valid", eval_batch_size or batch_size, shuffle=False)
                         if valid is not None else None)
+        if self.batch_in_epoch and self.batch_size not in (None, batch_size):
+            raise ValueError(f"resuming mid-epoch with batch_size {batch_size}, but the run was trained "
+                             f"with batch_size {self.batch_size}: the remaining batches would differ")
+        self.batch_size = batch_size
         n_batches = len(loader)
         if max_steps_per_epoch:
             n_batches = min(n_batches, int(max_steps_per_epoch))
@@ -177,6 +182,7 @@ class Engine:
                         self.save_checkpoint(log.checkpoint_path)
                     if max_steps is not None and self.step >= max_steps:
                         break
+                self._snapshot(loss_sum)
             except TrainingDiverged as exc:
                 kept = log.checkpoint_path if log and os.path.exists(log.checkpoint_path) else None
                 msg = f"{exc}; " + (f"last good checkpoint kept at {kept}" if kept else "no checkpoint was written")
@@ -189,13 +195,11 @@ class Engine:
                 if hasattr(batches, "close"):
                     batches.close()
             if max_steps is not None and self.step >= max_steps and self.batch_in_epoch < n_batches:
-                self._snapshot(loss_sum)
                 if log:
                     self.save_checkpoint(log.checkpoint_path)
                     log.line(f"[engine] stopped after {self.step} steps (max_steps); resume from "
                              f"{log.checkpoint_path}")
                 return self.history
-            self._snapshot(loss_sum)
             self._finish_epoch(valid_loader, log)
         return self.history
 
@@ -210,10 +214,18 @@ class Engine:
                     mininterval=1.0, leave=False, dynamic_ncols=True)
 
     def _snapshot(self, loss_sum):
-        """Bring the saved position up to date (running loss sum, seconds spent in this epoch)."""
+        """Bring the saved position up to date (running loss sum, seconds spent in this epoch).
+
+        Every position that may be checkpointed passes here: a non-finite running sum means a
+        loss between two sync points was NaN or inf, so nothing is saved and training stops."""
         self.backend.synchronize()
         now = time.perf_counter()
-        self.epoch_loss_sum = float(loss_sum)
+        total = float(loss_sum)
+        if not math.isfinite(total):
+            raise TrainingDiverged(f"a loss became {total} between step {self.step_log[-1][0] if self.step_log else 0} "
+                                   f"and step {self.step} (epoch {self.epoch + 1}; losses are checked every "
+                                   f"sync_every steps)")
+        self.epoch_loss_sum = total
         self.epoch_seconds += now - self._t0
         self._t0 = now
 
@@ -287,7 +299,7 @@ class Engine:
                 "epoch_loss_sum": self.epoch_loss_sum, "epoch_examples": self.epoch_examples,
                 "epoch_seconds": self.epoch_seconds, "seed": self.seed, "dtype": self.dtype.name,
                 "history": self.history, "step_log": self.step_log,
-                "data_vocab_hash": self.data_vocab_hash}
+                "data_vocab_hash": self.data_vocab_hash, "batch_size": self.batch_size}
 
     def save_checkpoint(self, path):
         opt = self.optimizer
@@ -313,6 +325,6 @@ class Engine:
             raise CheckpointError(f"{path}: model state does not fit the model: {exc}") from None
         optimizer.load_state_dict(ck["optimizer_state"])
         for key in ("step", "epoch", "batch_in_epoch", "epoch_loss_sum", "epoch_examples",
-                    "epoch_seconds", "history", "step_log", "data_vocab_hash"):
-            setattr(engine, key, state[key])
+                    "epoch_seconds", "history", "step_log", "data_vocab_hash", "batch_size"):
+            setattr(engine, key, state.get(key))
         return engine

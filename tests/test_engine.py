@@ -128,3 +128,25 @@ def test_out_of_range_ids_are_refused_before_training():
     y[3] = -5
     with pytest.raises(ValueError, match=r"targets id -5 at position \(3,\)"):
         e.train((x, y), epochs=1, batch_size=32, progress=False)
+
+
+def test_nan_between_sync_points_is_caught_before_any_checkpoint(tmp_path):
+    """With sync_every > 1 (the GPU default) a NaN loss between checks still stops training at
+    the next position that could be saved, and the saved checkpoint stays the good one."""
+    e = make_engine(dropout=0.0)
+    e.train(data(), epochs=1, batch_size=32, progress=False, run_dir=str(tmp_path), sync_every=4)
+    ck = tmp_path / "checkpoint.h5"
+    before = ck.read_bytes()
+    e.model.body[0].params["W"][0, 0] = numpy.nan
+    with pytest.raises(TrainingDiverged, match=r"between step .* last good checkpoint kept"):
+        e.train(data(), epochs=2, batch_size=32, progress=False, run_dir=str(tmp_path),
+                sync_every=1000, checkpoint_every=3)
+    assert ck.read_bytes() == before
+
+
+def test_resume_mid_epoch_with_another_batch_size_is_refused(tmp_path):
+    e = make_engine()
+    e.train(data(), epochs=2, batch_size=32, progress=False, run_dir=str(tmp_path), max_steps=5)
+    resumed = Engine.from_checkpoint(str(tmp_path / "checkpoint.h5"), device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="batch_size 64.*batch_size 32"):
+        resumed.train(data(), epochs=2, batch_size=64, progress=False)
