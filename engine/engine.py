@@ -261,6 +261,8 @@ class Engine:
             parts.append(f"{seconds:.1f} s ({record['examples_per_second']:,.0f} ex/s)")
             log.line("[engine] " + ", ".join(parts))
             self.save_checkpoint(log.checkpoint_path)
+            if "valid_loss" in record and record["valid_loss"] <= min(h["valid_loss"] for h in self.history):
+                self.save_checkpoint(log.best_path)
             log.write_metrics(self.history, self.step_log)
             log.plot(self.history, self.step_log)
 

@@ -4,6 +4,7 @@ runs/<name>/
   log.txt          one line per epoch (also printed)
   metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...]}
   checkpoint.h5    the last good checkpoint (written by the engine, atomically)
+  best.h5          the checkpoint of the epoch with the lowest validation loss (with `valid`)
   plot.png         training loss per logged step and per epoch, validation perplexity per epoch
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ class RunLog:
         self.metrics_path = os.path.join(run_dir, "metrics.json")
         self.plot_path = os.path.join(run_dir, "plot.png")
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.h5")
+        self.best_path = os.path.join(run_dir, "best.h5")
 
     def line(self, text):
         if not self.quiet:

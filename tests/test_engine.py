@@ -64,9 +64,13 @@ def test_resume_is_bit_identical(tmp_path, opt, output, kw):
 def test_run_folder_contents(tmp_path):
     e = make_engine()
     e.train(data(), epochs=2, batch_size=64, valid=data(seed=3), progress=False, run_dir=str(tmp_path))
-    for name in ("checkpoint.h5", "metrics.json", "plot.png", "log.txt"):
+    for name in ("checkpoint.h5", "best.h5", "metrics.json", "plot.png", "log.txt"):
         assert (tmp_path / name).exists(), name
     metrics = json.loads((tmp_path / "metrics.json").read_text())
+    best = Engine.from_checkpoint(str(tmp_path / "best.h5"), device="cpu", verbose=False)
+    best_epoch = min(metrics["history"], key=lambda h: h["valid_loss"])["epoch"]
+    assert best.epoch == best_epoch
+    assert abs(best.evaluate(data(seed=3))["loss"] - metrics["history"][best_epoch - 1]["valid_loss"]) < 1e-9
     assert [h["epoch"] for h in metrics["history"]] == [1, 2]
     assert metrics["history"][-1]["valid_perplexity"] > 1
 
