@@ -1,9 +1,9 @@
 """Checkpoints: one HDF5 file with the model, the optimizer and the training position.
 
 Layout (format "engine-checkpoint", format_version 1):
-  attrs: model_kind, model_config (JSON), optimizer_kind, optimizer_config (JSON),
-         engine_state (JSON: step, epoch, batch in epoch, seed, dtype, history, data vocabulary
-         hash, running sums of the current epoch)
+  attrs: model_kind, model_config (JSON), optimizer_kind, optimizer_config (JSON)
+  /engine_state     a JSON string: step, epoch, batch in epoch, seed, dtype, history, data
+                    vocabulary hash, running sums of the current epoch
   /model/<key>      every parameter (host arrays, in the model's dtype)
   /optimizer/<key>  every optimizer buffer and scalar
 
@@ -47,7 +47,8 @@ def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind,
             f.attrs["model_config"] = json.dumps(model_config)
             f.attrs["optimizer_kind"] = optimizer_kind
             f.attrs["optimizer_config"] = json.dumps(optimizer_config)
-            f.attrs["engine_state"] = json.dumps(engine_state)
+            # a dataset, not an attribute: the history can outgrow HDF5's 64 KiB attribute limit
+            f.create_dataset("engine_state", data=json.dumps(engine_state))
             g = f.create_group("model")
             for key, value in model_state.items():
                 g.create_dataset(key, data=numpy.asarray(value))
@@ -66,6 +67,10 @@ def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind,
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def _text(value):
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _datasets(group):
@@ -101,7 +106,7 @@ def load_checkpoint(path):
                 "model_config": json.loads(f.attrs["model_config"]),
                 "optimizer_kind": str(f.attrs["optimizer_kind"]),
                 "optimizer_config": json.loads(f.attrs["optimizer_config"]),
-                "engine_state": json.loads(f.attrs["engine_state"]),
+                "engine_state": json.loads(_text(f["engine_state"][()])),
                 "model_state": _datasets(f["model"]),
                 "optimizer_state": _datasets(f["optimizer"]),
             }

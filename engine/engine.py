@@ -58,7 +58,9 @@ class Engine:
         self.epoch_examples = 0
         self.epoch_seconds = 0.0
         self.history = []
-        self.step_log = []       # [step, loss] at every sync point, for the plot
+        self.step_log = []       # [step, mean loss since the previous point], for the plot
+        self._curve_sum, self._curve_n = 0.0, 0
+        self._last_checked_step = 0
         self.data_vocab_hash = None
         self.batch_size = None
         self.run_dir = None
@@ -151,6 +153,8 @@ class Engine:
         if sync_every is None:
             sync_every = 1 if self.backend.device == "cpu" else 20
         xp = self.backend.xp
+        # the loss curve keeps about 200 points per epoch (means over the sync points between them)
+        log_every = max(sync_every, n_batches // 200)
         if log:
             log.line(f"[engine] device {self.backend.device}, {self.model.num_parameters():,} parameters, "
                      f"{n_batches} batches of {batch_size} per epoch, run folder {run_dir}")
@@ -172,7 +176,8 @@ class Engine:
                     self.batch_in_epoch += 1
                     if sync:
                         value = float(loss)
-                        self.step_log.append([self.step, value])
+                        self._last_checked_step = self.step
+                        self._log_loss(value, log_every)
                         if bar is not None:
                             bar.set_postfix(loss=f"{value:.3f}", refresh=False)
                     if bar is not None:
@@ -203,6 +208,14 @@ class Engine:
             self._finish_epoch(valid_loader, log)
         return self.history
 
+    def _log_loss(self, value, log_every):
+        """Add a sync point's loss to the curve: one [step, mean loss] point per log_every steps."""
+        self._curve_sum += value
+        self._curve_n += 1
+        if self.step % log_every == 0 or self.step_log == []:
+            self.step_log.append([self.step, self._curve_sum / self._curve_n])
+            self._curve_sum, self._curve_n = 0.0, 0
+
     def _progress(self, progress, total, initial):
         if not progress:
             return None
@@ -222,7 +235,7 @@ class Engine:
         now = time.perf_counter()
         total = float(loss_sum)
         if not math.isfinite(total):
-            raise TrainingDiverged(f"a loss became {total} between step {self.step_log[-1][0] if self.step_log else 0} "
+            raise TrainingDiverged(f"a loss became {total} between step {self._last_checked_step} "
                                    f"and step {self.step} (epoch {self.epoch + 1}; losses are checked every "
                                    f"sync_every steps)")
         self.epoch_loss_sum = total
