@@ -30,6 +30,9 @@ from __future__ import annotations
 
 from ..layers.base import OutputLayer
 
+#: Largest temporary the fused SGD update allocates for one block of W's rows.
+UPDATE_BLOCK_BYTES = 16 * 2 ** 20
+
 
 def _check_targets(xp, targets, batch):
     if targets.ndim != 1 or targets.shape[0] != batch:
@@ -169,14 +172,20 @@ class SoftmaxOutput(OutputLayer):
         h_step = h_scaled * self.dtype.type(-self._lr)      # (B, d): -lr/N folded into h
         dh = xp.zeros_like(h)
         scratch = self._scratch(h.shape[0])
-        update = self._scratch(self.in_features)          # (C, d) update of one chunk
+        d = self.in_features
+        # the update of a chunk's rows is added in blocks of at most UPDATE_BLOCK_BYTES, so its
+        # temporary stays small even when a wide chunk is chosen for a small batch
+        block_rows = max(1, UPDATE_BLOCK_BYTES // (d * self.dtype.itemsize))
+        update = xp.empty((min(block_rows, self.num_classes) * d,), dtype=self.dtype)
         for start, stop in self._chunks():
             g = self._logits(h, start, stop, scratch)
             be.softmax_xent_grad_chunk(g, start, targets, lse, 1.0)
             dh += g @ W[start:stop]                        # with the old W_c
-            step_cd = update[:(stop - start) * self.in_features].reshape(stop - start, self.in_features)
-            xp.matmul(g.T, h_step, out=step_cd)
-            W[start:stop] += step_cd
+            for r0 in range(start, stop, block_rows):
+                r1 = min(r0 + block_rows, stop)
+                step_rd = update[:(r1 - r0) * d].reshape(r1 - r0, d)
+                xp.matmul(g[:, r0 - start:r1 - start].T, h_step, out=step_rd)
+                W[r0:r1] += step_rd
             if self.use_bias:
                 self.params["b"][start:stop] += g.sum(axis=0) * step
         self.grads = {}

@@ -86,7 +86,10 @@ def test_softmax_rejects_bad_shapes():
 
 
 @pytest.mark.parametrize("chunk", [None, 4, 13])
-def test_fused_sgd_update_equals_plain_sgd_step(chunk):
+@pytest.mark.parametrize("block_bytes", [2 ** 24, 3 * 6 * 8])     # default, and 3-row update blocks
+def test_fused_sgd_update_equals_plain_sgd_step(chunk, block_bytes, monkeypatch):
+    import engine.outputs.softmax as softmax_module
+    monkeypatch.setattr(softmax_module, "UPDATE_BLOCK_BYTES", block_bytes)
     """update='fused-sgd' applies exactly W -= lr dW, b -= lr db inside backward, same dh."""
     plain, fused = make(chunk=chunk), SoftmaxOutput(6, 13, chunk_size=chunk, update="fused-sgd")
     fused.bind(Backend(), numpy.random.default_rng(0), numpy.float64)
