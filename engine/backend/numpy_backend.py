@@ -115,18 +115,20 @@ class Backend:
         `run_max`/`run_sum` hold, per row, the running maximum and the sum of exp(logit - max)
         over the chunks seen so far (start them at -inf and 0). `target_logit[b]` is set when
         the row's target falls in columns [col_offset, col_offset + C). The final log-sum-exp
-        is `run_max + log(run_sum)`.
+        is `run_max + log(run_sum)`. `logits_bc` is scratch: it may be overwritten (this
+        reference does, to need no B x C temporary; the kernel leaves it intact).
         """
         xp = self.xp
-        chunk_max = logits_bc.max(axis=1)
-        new_max = xp.maximum(run_max_b, chunk_max)
-        run_sum_b *= xp.exp(run_max_b - new_max)
-        run_sum_b += xp.exp(logits_bc - new_max[:, None]).sum(axis=1)
-        run_max_b[...] = new_max
         local = targets_b - col_offset
         inside = (local >= 0) & (local < logits_bc.shape[1])
         rows = xp.nonzero(inside)[0]
         target_logit_b[rows] = logits_bc[rows, local[rows]]
+        new_max = xp.maximum(run_max_b, logits_bc.max(axis=1))
+        run_sum_b *= xp.exp(run_max_b - new_max)
+        logits_bc -= new_max[:, None]
+        xp.exp(logits_bc, out=logits_bc)
+        run_sum_b += logits_bc.sum(axis=1)
+        run_max_b[...] = new_max
 
     def softmax_xent_grad_chunk(self, logits_bc, col_offset, targets_b, lse_b, scale):
         """In place: logits <- scale * (exp(logits - lse) - onehot(target - col_offset)).
