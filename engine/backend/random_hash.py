@@ -42,7 +42,9 @@ def uniform_from_key(xp, shape, key, dtype):
     # top 53 bits -> double in [0, 1), then to the requested dtype (float32 rounding may reach
     # 1.0 for the largest values, so clip below 1)
     u = (z >> u64(11)).astype(xp.float64) * (1.0 / (1 << 53))
+    dtype = numpy.dtype(dtype)
     u = u.astype(dtype)
-    if numpy.dtype(dtype) != numpy.float64:
-        u = xp.minimum(u, numpy.nextafter(numpy.array(1, dtype=dtype), 0))
+    if dtype != numpy.float64:
+        # a NumPy scalar, not a 0-d NumPy array: CuPy ufuncs refuse host arrays
+        u = xp.minimum(u, numpy.nextafter(dtype.type(1), dtype.type(0)))
     return u.reshape(shape)
