@@ -13,7 +13,7 @@ a 4/5-gram feed-forward NNLM; the foundation issue's goal is 150 or better).
 Equivalent command line:
     engine prepare ptb ../shared/data/ptb --output ptb.h5
     engine train --data ptb.h5 --context 5 --embed 256 --hidden 512 --dropout 0.3 \
-        --optimizer adam --lr 1e-3 --schedule plateau:0.5 --epochs 10 --batch-size 256 --json
+        --optimizer adam --lr 1e-3 --schedule plateau:0.5 --epochs 6 --batch-size 256 --json
 """
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def main(argv=None):
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
     p.add_argument("--quick", action="store_true", help="one short epoch (a smoke run, not the result)")
     p.add_argument("--json", default=None)
-    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--run-dir", default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
