@@ -40,6 +40,12 @@ def _is_lm_corpus_source(data):
     return isinstance(data, (str, os.PathLike)) or hasattr(data, "vocab_hash")
 
 
+def _close_owned(loader, source):
+    """Close a loader the engine made itself (it holds the corpus file open); leave the caller's."""
+    if loader is not None and loader is not source and hasattr(loader, "close"):
+        loader.close()
+
+
 class Engine:
     def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True):
         self.backend = get_backend(device, verbose=verbose)
@@ -138,6 +144,16 @@ class Engine:
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
         valid_loader = (self.make_loader(valid, "valid", eval_batch_size or batch_size, shuffle=False)
                         if valid is not None else None)
+        try:
+            return self._train_epochs(loader, valid_loader, log, epochs, batch_size, checkpoint_every,
+                                      max_steps_per_epoch, max_steps, sync_every, progress)
+        finally:
+            _close_owned(loader, train)
+            _close_owned(valid_loader, valid)
+
+    def _train_epochs(self, loader, valid_loader, log, epochs, batch_size, checkpoint_every,
+                      max_steps_per_epoch, max_steps, sync_every, progress):
+        run_dir = log.run_dir if log else None
         if self.batch_in_epoch and self.batch_size not in (None, batch_size):
             raise ValueError(f"resuming mid-epoch with batch_size {batch_size}, but the run was trained "
                              f"with batch_size {self.batch_size}: the remaining batches would differ")
@@ -283,6 +299,12 @@ class Engine:
     def evaluate(self, data, split="test", batch_size=512):
         """Mean loss over every example (per token for a language model) and its perplexity."""
         loader = self.make_loader(data, split, batch_size, shuffle=False)
+        try:
+            return self._evaluate(loader)
+        finally:
+            _close_owned(loader, data)
+
+    def _evaluate(self, loader):
         xp = self.backend.xp
         out = self.model.output
         total = xp.zeros((), dtype=numpy.float64)
