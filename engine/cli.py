@@ -3,6 +3,7 @@
     engine train                                # the embedded default: SOTU corpus, small MLP LM
     engine train --data ptb.h5 --epochs 10 --json
     engine evaluate runs/<run>/checkpoint.h5 --data ptb.h5 --split test --json
+    engine predict runs/<run>/checkpoint.h5 --data ptb.h5 "the stock market" --top 5
     engine prepare ptb ../shared/data/ptb --output ptb.h5
     engine prepare text a.txt b.txt --valid v.txt --test t.txt --output corpus.h5
     engine prepare sotu data/addresses.tar.gz --output sotu.h5
@@ -75,6 +76,14 @@ def build_parser():
     e.add_argument("--batch-size", type=int, default=512)
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     e.add_argument("--json", action="store_true")
+
+    q = sub.add_parser("predict", help="the most probable next words after a text")
+    q.add_argument("checkpoint")
+    q.add_argument("text", nargs="+", help="the words so far (tokenised like the corpus)")
+    q.add_argument("--data", default=None, help="the corpus the model was trained on (its vocabulary)")
+    q.add_argument("--top", type=int, default=10)
+    q.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    q.add_argument("--json", action="store_true")
 
     p = sub.add_parser("prepare", help="convert a corpus to HDF5")
     psub = p.add_subparsers(dest="kind")
@@ -168,6 +177,41 @@ def cmd_evaluate(args):
     return {"split": args.split, **metrics, "perplexity": metrics.get("perplexity")}
 
 
+def cmd_predict(args):
+    """Tokenise the text as the corpus was, keep the last n ids (left-padded with <eos>, as the
+    loader pads the start of a stream) and print the top-k next words with their probabilities."""
+    import math
+
+    import numpy
+
+    from .data.hdf5_schema import open_lm_corpus
+    from .data.text import tokenize_line
+    from .engine import Engine
+    engine = Engine.from_checkpoint(args.checkpoint, device=args.device, verbose=False)
+    data = args.data or _default_data()
+    with open_lm_corpus(data) as corpus:
+        engine._check_vocabulary(corpus)
+        vocab = list(corpus.vocab)
+        attrs = dict(corpus.attrs)
+        unk, eos = corpus.unk_id, corpus.eos_id
+    index = {w: i for i, w in enumerate(vocab)}
+    tokens = tokenize_line(" ".join(args.text), lowercase=bool(attrs.get("lowercase", 0)),
+                           tokenizer=str(attrs.get("tokenizer", "whitespace")))
+    ids = [index.get(t, unk) for t in tokens]
+    n = engine.model.context
+    context = ([eos] * n + ids)[-n:]
+    top_ids, logp = engine.predict_topk(numpy.asarray([context], dtype=numpy.int32), k=args.top)
+    top_ids, logp = engine.backend.to_host(top_ids)[0], engine.backend.to_host(logp)[0]
+    unknown = [t for t in tokens if t not in index]
+    print(f"[engine] context: {' '.join(vocab[i] for i in context)}"
+          + (f" (unknown, read as <unk>: {' '.join(unknown)})" if unknown else ""))
+    rows = [{"word": vocab[int(i)], "id": int(i), "probability": math.exp(float(lp))}
+            for i, lp in zip(top_ids, logp)]
+    for r in rows:
+        print(f"  {r['probability']:8.5f}  {r['word']}")
+    return {"context": [vocab[i] for i in context], "predictions": rows}
+
+
 def cmd_prepare(args):
     from .data import prepare
     if args.kind == "text":
@@ -206,7 +250,8 @@ def main(argv=None):
     try:
         if args.command == "bench":
             return cmd_bench(args)
-        result = {"train": cmd_train, "evaluate": cmd_evaluate, "prepare": cmd_prepare}[args.command](args)
+        result = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
+                  "prepare": cmd_prepare}[args.command](args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
         print(f"engine {args.command}: error: {exc}", file=sys.stderr)
         return 2

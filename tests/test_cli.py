@@ -2,6 +2,8 @@
 import json
 import os
 
+import numpy
+
 import pytest
 
 from engine.cli import main
@@ -39,6 +41,22 @@ def test_prepare_train_evaluate_json(tmp_path, corpus, capsys):
                  "--device", "cpu", "--json"]) == 0
     ev = last_json(capsys)
     assert abs(ev["perplexity"] - result["valid_perplexity"]) < 1e-6 * ev["perplexity"]
+    # next-word prediction: probabilities of the top words, best first, from the full softmax
+    assert main(["predict", str(run / "checkpoint.h5"), "--data", str(corpus), "the", "cat",
+                 "--top", "3", "--device", "cpu", "--json"]) == 0
+    pred = last_json(capsys)
+    probs = [p["probability"] for p in pred["predictions"]]
+    assert pred["context"] == ["the", "cat"] and probs == sorted(probs, reverse=True)
+    assert pred["predictions"][0]["word"] == "sat" and sum(probs) <= 1 + 1e-6   # "the cat sat" x80
+    from engine import Engine
+    engine = Engine.from_checkpoint(str(run / "checkpoint.h5"), device="cpu", verbose=False)
+    ctx = numpy.zeros((1, 2), dtype=numpy.int32)
+    from engine.data import open_lm_corpus
+    with open_lm_corpus(str(corpus)) as c:
+        ctx[0] = [list(c.vocab).index("the"), list(c.vocab).index("cat")]
+    for p_ in pred["predictions"]:
+        logp = float(engine.model.log_prob(ctx, numpy.array([p_["id"]], dtype=numpy.int32))[0])
+        assert abs(numpy.exp(logp) - p_["probability"]) < 1e-6
     # resume to a third epoch from the checkpoint
     assert main(["train", "--data", str(corpus), "--resume", str(run / "checkpoint.h5"), "--epochs", "3",
                  "--batch-size", "32", "--device", "cpu", "--no-progress", "--json", "--no-test"]) == 0
