@@ -6,7 +6,9 @@ import numpy
 
 import pytest
 
+from engine import Engine
 from engine.cli import main
+from engine.data import open_lm_corpus
 
 TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 40
 
@@ -48,10 +50,8 @@ def test_prepare_train_evaluate_json(tmp_path, corpus, capsys):
     probs = [p["probability"] for p in pred["predictions"]]
     assert pred["context"] == ["the", "cat"] and probs == sorted(probs, reverse=True)
     assert pred["predictions"][0]["word"] == "sat" and sum(probs) <= 1 + 1e-6   # "the cat sat" x80
-    from engine import Engine
     engine = Engine.from_checkpoint(str(run / "checkpoint.h5"), device="cpu", verbose=False)
     ctx = numpy.zeros((1, 2), dtype=numpy.int32)
-    from engine.data import open_lm_corpus
     with open_lm_corpus(str(corpus)) as c:
         ctx[0] = [list(c.vocab).index("the"), list(c.vocab).index("cat")]
     for p_ in pred["predictions"]:
