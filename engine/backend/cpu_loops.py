@@ -2,6 +2,10 @@
 
 scatter_add_rows: out[ids[n], :] += rows[n, :] with duplicate ids accumulated. NumPy's
 `out[ids] += rows` keeps one contribution per duplicate; `np.add.at` is correct but slow.
+adam_step / adam_step_rows: one pass over param, m, v and grad (NumPy's expression makes about
+ten passes and several temporaries, a quarter of a PTB training step). Every scalar is rounded to
+the array's dtype first and the operations are those of `Backend.adam_step` in the same order, so
+the results equal NumPy's bit for bit (no fastmath, no FMA contraction); rows run in parallel.
 """
 from __future__ import annotations
 
@@ -22,6 +26,68 @@ if numba is not None:
             r = ids_n[n]
             for j in range(width):
                 out_vd[r, j] += rows_nd[n, j]
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _adam_flat(p, m, v, g, b1, one_minus_b1, b2, one_minus_b2, lr_c1, c2, eps, decay):
+        for i in numba.prange(p.shape[0]):
+            mi = m[i] * b1
+            mi += one_minus_b1 * g[i]
+            vi = v[i] * b2
+            vi += one_minus_b2 * (g[i] * g[i])
+            m[i] = mi
+            v[i] = vi
+            pi = p[i] * decay
+            pi -= lr_c1 * mi / (numpy.sqrt(vi / c2) + eps)
+            p[i] = pi
+
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _adam_rows(p, m, v, rows, g, b1, one_minus_b1, b2, one_minus_b2, lr_c1, c2, eps, decay):
+        width = p.shape[1]
+        for n in numba.prange(rows.shape[0]):
+            r = rows[n]
+            for j in range(width):
+                mi = m[r, j] * b1
+                mi += one_minus_b1 * g[n, j]
+                vi = v[r, j] * b2
+                vi += one_minus_b2 * (g[n, j] * g[n, j])
+                m[r, j] = mi
+                v[r, j] = vi
+                pi = p[r, j] * decay
+                pi -= lr_c1 * mi / (numpy.sqrt(vi / c2) + eps)
+                p[r, j] = pi
+
+
+def adam_scalars(dtype, lr, beta1, beta2, eps, step, weight_decay):
+    """The step's scalars, each rounded to `dtype` as NumPy rounds a Python float operand."""
+    t = numpy.dtype(dtype).type
+    c1 = 1 - beta1 ** step
+    c2 = 1 - beta2 ** step
+    return (t(beta1), t(1 - beta1), t(beta2), t(1 - beta2), t(lr / c1), t(c2), t(eps),
+            t(1 - lr * weight_decay))
+
+
+def adam_fast_path(*arrays):
+    """True when numba can take these arrays: one float dtype, C-contiguous."""
+    dt = arrays[0].dtype
+    return (numba is not None and dt in (numpy.float32, numpy.float64)
+            and all(a.dtype == dt and a.flags.c_contiguous for a in arrays))
+
+
+def adam_step(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay):
+    """Fused dense Adam step in place (see `Backend.adam_step`); arrays of one shape."""
+    s = adam_scalars(param.dtype, lr, beta1, beta2, eps, step, weight_decay)
+    _adam_flat(param.reshape(-1), m.reshape(-1), v.reshape(-1), grad.reshape(-1), *s)
+
+
+def adam_step_rows(param, rows_n, grad_nd, m, v, lr, beta1, beta2, eps, step, weight_decay):
+    """Lazy Adam on unique `rows_n` in place (see `Backend.adam_step_rows`)."""
+    s = adam_scalars(param.dtype, lr, beta1, beta2, eps, step, weight_decay)
+    width = int(numpy.prod(param.shape[1:], dtype=numpy.int64))
+    _adam_rows(param.reshape(param.shape[0], width), m.reshape(m.shape[0], width),
+               v.reshape(v.shape[0], width), numpy.asarray(rows_n, dtype=numpy.int64).reshape(-1),
+               numpy.ascontiguousarray(grad_nd).reshape(-1, width), *s)
 
 
 def scatter_add_rows(out_vd, ids_n, rows_nd):

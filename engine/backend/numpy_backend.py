@@ -151,6 +151,8 @@ class Backend:
         m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
         p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) - lr * wd * p
         """
+        if cpu_loops.adam_fast_path(param, grad, m, v):     # one fused pass (numba)
+            return cpu_loops.adam_step(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)
         xp = self.xp
         m *= beta1
         m += (1 - beta1) * grad
@@ -165,6 +167,9 @@ class Backend:
     def adam_step_rows(self, param, rows_n, grad_nd, m, v, lr, beta1, beta2, eps, step,
                        weight_decay=0.0):
         """Lazy Adam on the given (unique) rows only; untouched rows and their moments stay put."""
+        if param.ndim >= 1 and cpu_loops.adam_fast_path(param, m, v) and grad_nd.dtype == param.dtype:
+            return cpu_loops.adam_step_rows(param, rows_n, grad_nd, m, v, lr, beta1, beta2, eps,
+                                            step, weight_decay)
         p, mm, vv = param[rows_n], m[rows_n], v[rows_n]
         self.adam_step(p, grad_nd, mm, vv, lr, beta1, beta2, eps, step, weight_decay)
         param[rows_n], m[rows_n], v[rows_n] = p, mm, vv
