@@ -69,10 +69,12 @@ def adam_scalars(dtype, lr, beta1, beta2, eps, step, weight_decay):
 
 
 def adam_fast_path(*arrays):
-    """True when numba can take these arrays: one float dtype, C-contiguous."""
-    dt = arrays[0].dtype
+    """True when numba can take these arrays: one float dtype, one shape (no broadcasting),
+    C-contiguous NumPy arrays."""
+    dt, shape = arrays[0].dtype, arrays[0].shape
     return (numba is not None and dt in (numpy.float32, numpy.float64)
-            and all(a.dtype == dt and a.flags.c_contiguous for a in arrays))
+            and all(isinstance(a, numpy.ndarray) and a.dtype == dt and a.shape == shape
+                    and a.flags.c_contiguous for a in arrays))
 
 
 def adam_step(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay):

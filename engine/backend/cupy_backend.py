@@ -11,8 +11,10 @@ kernels of `rawkernels/` (loaded by `kernels.get_kernel`, compiled on first use 
 Each override takes the kernel path for float32/float64 arrays of one dtype in the layout the
 kernel reads (C-contiguous; for the softmax kernels a 2-D matrix with unit column stride, so a
 column slice of a wider logits matrix runs in place), and otherwise falls back to the NumPy
-definition (`super()`), which runs on CuPy arrays through `self.xp`. Index arrays (targets,
-ids, rows) of any integer dtype are converted to int64 on the device.
+definition (`super()`), which runs on CuPy arrays through `self.xp` — except scatter_add_rows,
+whose NumPy definition is a host (numba) loop: it runs the kernel on a contiguous float32/64
+copy instead. Index arrays (targets, ids, rows) of any integer dtype are converted to int64 on
+the device.
 
 No primitive here waits for the device or copies to the host. Consequently out-of-range indices
 cannot raise as they do on the CPU: scatter_add_rows skips them, gather_rows returns NaN rows,
@@ -59,11 +61,15 @@ class CupyBackend(Backend):
     def __init__(self):
         import cupy
         self.xp = cupy
+        self.device_id = cupy.cuda.Device().id   # the device current when the backend was made
 
     # ------------------------------------------------------------------ arrays
     def asarray(self, x, dtype=None):
-        """Host data or a CuPy array -> a CuPy array (no copy when it already is one)."""
-        return self.xp.asarray(x, dtype=dtype)
+        """Host data or a CuPy array -> a CuPy array on this backend's device (no copy when it
+        already is one). The device is selected explicitly: the loaders call this from their
+        prefetch thread, whose current device is CuPy's default, not the caller's."""
+        with self.xp.cuda.Device(self.device_id):
+            return self.xp.asarray(x, dtype=dtype)
 
     def to_host(self, x):
         return self.xp.asnumpy(x)
@@ -115,9 +121,18 @@ class CupyBackend(Backend):
         self.check_array(out_vd, "scatter_add_rows: out_vd")
         self.check_array(ids_n, "scatter_add_rows: ids_n")
         self.check_array(rows_nd, "scatter_add_rows: rows_nd")
-        if (self._common_dtype(out_vd) is None or out_vd.ndim < 1
-                or not out_vd.flags.c_contiguous or ids_n.dtype.kind not in "iu"):
-            return super().scatter_add_rows(out_vd, ids_n, rows_nd)
+        if ids_n.dtype.kind not in "iu":
+            raise TypeError(f"scatter_add_rows: ids must be integers, got dtype {ids_n.dtype}")
+        if out_vd.ndim < 1:
+            raise ValueError("scatter_add_rows: out_vd must have at least one dimension")
+        if self._common_dtype(out_vd) is None or not out_vd.flags.c_contiguous:
+            # no NumPy fallback on device arrays: run the kernel on a C-contiguous float32/64
+            # copy (float16 accumulates in float32) and write the result back
+            work = numpy.float64 if out_vd.dtype == numpy.float64 else numpy.float32
+            tmp = self.xp.ascontiguousarray(out_vd, dtype=work)
+            self.scatter_add_rows(tmp, ids_n, rows_nd)
+            out_vd[...] = tmp.astype(out_vd.dtype, copy=False)
+            return out_vd
         dt = out_vd.dtype
         ids = self._index(ids_n, "scatter_add_rows: ids_n")
         n_rows = out_vd.shape[0]

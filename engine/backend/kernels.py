@@ -96,11 +96,12 @@ def name_expression(name: str, dtype) -> str:
 
 def get_kernel(file: str, name: str, dtype):
     """The compiled `name<T>` of `rawkernels/<file>` for T = dtype, compiled once and cached."""
+    import cupy
     dt = numpy.dtype(dtype)
-    key = (file, name, dt.name)
+    # a loaded function belongs to one device's context: key the cache by the current device
+    key = (file, name, dt.name, cupy.cuda.Device().id)
     fn = _functions.get(key)
     if fn is None:
-        import cupy
         expr = name_expression(name, dt)
         module = cupy.RawModule(code=module_code(file), options=compile_options(),
                                 name_expressions=[expr])

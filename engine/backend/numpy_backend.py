@@ -74,6 +74,9 @@ class Backend:
         NumPy's fancy-index `+=` keeps only one contribution per duplicate id; `np.add.at` is
         correct but slow, so the CPU uses a numba loop.
         """
+        if self.xp is not numpy:
+            raise TypeError(f"{type(self).__name__}.scatter_add_rows must not fall back to the "
+                            f"NumPy loop (device arrays)")
         cpu_loops.scatter_add_rows(out_vd, ids_n, rows_nd)
         return out_vd
 
@@ -151,7 +154,7 @@ class Backend:
         m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2;
         p <- p - lr * (m / (1-b1^t)) / (sqrt(v / (1-b2^t)) + eps) - lr * wd * p
         """
-        if cpu_loops.adam_fast_path(param, grad, m, v):     # one fused pass (numba)
+        if self.xp is numpy and cpu_loops.adam_fast_path(param, grad, m, v):   # one numba pass
             return cpu_loops.adam_step(param, grad, m, v, lr, beta1, beta2, eps, step, weight_decay)
         xp = self.xp
         m *= beta1
@@ -167,7 +170,9 @@ class Backend:
     def adam_step_rows(self, param, rows_n, grad_nd, m, v, lr, beta1, beta2, eps, step,
                        weight_decay=0.0):
         """Lazy Adam on the given (unique) rows only; untouched rows and their moments stay put."""
-        if param.ndim >= 1 and cpu_loops.adam_fast_path(param, m, v) and grad_nd.dtype == param.dtype:
+        if (self.xp is numpy and param.ndim >= 1 and cpu_loops.adam_fast_path(param, m, v)
+                and grad_nd.dtype == param.dtype and grad_nd.size == rows_n.size * param[0].size
+                and rows_n.dtype.kind in "iu"):
             return cpu_loops.adam_step_rows(param, rows_n, grad_nd, m, v, lr, beta1, beta2, eps,
                                             step, weight_decay)
         p, mm, vv = param[rows_n], m[rows_n], v[rows_n]

@@ -357,3 +357,38 @@ def test_host_array_on_device_backend_fails_fast(backend):
     table = numpy.zeros((4, 3), dtype=numpy.float32)
     with pytest.raises(TypeError, match="backend.asarray"):
         backend.gather_rows(table, backend.asarray(numpy.array([0, 1])))
+
+
+@pytest.mark.parametrize("dtype", [numpy.float16, numpy.float32])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_scatter_add_rows_fallback_layouts(backend, to_host, dtype, order):
+    """Dtypes and layouts the kernel does not take still scatter correctly (no host loop on the GPU)."""
+    rng = numpy.random.default_rng(13)
+    out = numpy.asarray(rng.standard_normal((6, 3)), dtype=dtype, order=order)
+    ids = numpy.array([5, 0, 5, 2, 5])
+    rows = rng.standard_normal((5, 3)).astype(dtype)
+    expected = out.astype(numpy.float64)
+    numpy.add.at(expected, ids, rows.astype(numpy.float64))
+    dev = backend.asarray(out)
+    if order == "F":
+        dev = backend.xp.asfortranarray(dev)
+    backend.scatter_add_rows(dev, backend.asarray(ids), backend.asarray(rows))
+    assert dev.dtype == dtype
+    tol = 5e-3 if dtype == numpy.float16 else 1e-6
+    assert_allclose(to_host(dev).astype(numpy.float64), expected, rtol=tol, atol=tol)
+    u, summed = backend.coalesce_rows(backend.asarray(ids), backend.asarray(rows))
+    assert_array_equal(to_host(u), [0, 2, 5])
+    assert_allclose(to_host(summed).astype(numpy.float64)[2],
+                    rows.astype(numpy.float64)[[0, 2, 4]].sum(0), rtol=tol, atol=tol)
+
+
+def test_adam_step_broadcast_grad_takes_the_numpy_path():
+    """A grad that broadcasts against the param must not reach the fused loop (which would read
+    past its end): the NumPy expression handles it."""
+    from engine.backend import Backend, cpu_loops
+    p = numpy.ones((4, 2), numpy.float32)
+    g = numpy.array([0.5, -0.5], numpy.float32)
+    m, v = numpy.zeros_like(p), numpy.zeros_like(p)
+    assert not cpu_loops.adam_fast_path(p, g, m, v)
+    Backend().adam_step(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 1)
+    assert_allclose(p, numpy.tile(numpy.array([0.9, 1.1], numpy.float32), (4, 1)), rtol=1e-5)
