@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 
 import numpy
@@ -239,8 +240,10 @@ class Engine:
             from tqdm import tqdm
         except Exception:
             return None
+        # redirected output (a log file, CI) gets an update every 30 s, not a line per second
+        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", unit="batch",
-                    mininterval=1.0, leave=False, dynamic_ncols=True)
+                    mininterval=1.0 if interactive else 30.0, leave=False, dynamic_ncols=True)
 
     def _snapshot(self, loss_sum):
         """Bring the saved position up to date (running loss sum, seconds spent in this epoch).
