@@ -34,7 +34,7 @@ from ..layers.base import OutputLayer
 UPDATE_BLOCK_BYTES = 16 * 2 ** 20
 
 
-def _check_targets(xp, targets, batch):
+def _check_targets(targets, batch):
     if targets.ndim != 1 or targets.shape[0] != batch:
         raise ValueError(f"softmax: targets must be (B,) = ({batch},), got {tuple(targets.shape)}")
 
@@ -84,10 +84,9 @@ class SoftmaxOutput(OutputLayer):
         return self.backend.xp.empty((rows * c,), dtype=self.dtype)
 
     def _mean_scale(self, targets):
-        """Device scalar 1 / (number of rows not ignored), and that count."""
-        xp = self.backend.xp
+        """Device scalar 1 / (number of rows not ignored)."""
         n_valid = (targets >= 0).sum()
-        return (1.0 / xp.maximum(n_valid, 1)).astype(self.dtype), n_valid
+        return (1.0 / self.backend.xp.maximum(n_valid, 1)).astype(self.dtype)
 
     def _chunked_lse(self, h, targets, chunk_size=None):
         """Per-row log-sum-exp and target logit, folded over vocabulary chunks."""
@@ -107,8 +106,8 @@ class SoftmaxOutput(OutputLayer):
         """Mean cross-entropy (0-d device array). With train=True, caches for backward()."""
         if h.ndim != 2 or h.shape[1] != self.in_features:
             raise ValueError(f"softmax: expected h (B, {self.in_features}), got {tuple(h.shape)}")
-        _check_targets(self.backend.xp, targets, h.shape[0])
-        scale, _ = self._mean_scale(targets)
+        _check_targets(targets, h.shape[0])
+        scale = self._mean_scale(targets)
         if (self.chunk_size is None or self.chunk_size >= self.num_classes) and not self.owns_update:
             logits = self._logits(h, 0, self.num_classes)
             # fused: loss per row, and logits -> (softmax - onehot) in place (zero for ignored rows)
@@ -194,7 +193,7 @@ class SoftmaxOutput(OutputLayer):
 
     def log_prob(self, h, targets, chunk_size=None):
         """log p(target | h) per row (B,); 0 for ignored rows. Chunked when asked or configured."""
-        _check_targets(self.backend.xp, targets, h.shape[0])
+        _check_targets(targets, h.shape[0])
         lse, target_logit = self._chunked_lse(h, targets, chunk_size)
         return (target_logit - lse) * (targets >= 0)
 
