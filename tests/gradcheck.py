@@ -37,6 +37,16 @@ def assert_directional_match(analytic, numeric, rtol=1e-6, atol=1e-9, what=""):
         f"{what}: analytic {analytic!r} vs finite-difference {numeric!r}")
 
 
+def _check_directions(be, rng, f, pairs, trials, eps, rtol, what):
+    """For `trials` random directions d over every (array, analytic gradient) pair, compare
+    sum <grad, d> with the central difference of f along d."""
+    for t in range(trials):
+        dirs = [be.asarray(rng.standard_normal(tuple(a.shape))) for a, _ in pairs]
+        analytic = sum(float((be.asarray(g) * d).sum()) for (_, g), d in zip(pairs, dirs))
+        numeric = _directional(f, [a for a, _ in pairs], dirs, eps)
+        assert_directional_match(analytic, numeric, rtol=rtol, what=f"{what} trial {t}")
+
+
 def check_layer_gradients(layer, x, seed=0, eps=1e-6, differentiable_input=True, trials=3,
                           rtol=1e-6, forward_kwargs=None):
     be = layer.backend
@@ -47,22 +57,11 @@ def check_layer_gradients(layer, x, seed=0, eps=1e-6, differentiable_input=True,
     dx = layer.backward(R)
     grads = {k: dense_grad(be, g) for k, g in layer.grads.items()}
     assert set(grads) == set(layer.params), f"grads {sorted(grads)} vs params {sorted(layer.params)}"
-
-    def f():
-        return (layer.forward(x, train=False, **forward_kwargs) * R).sum()
-
-    for t in range(trials):
-        arrays, dirs, analytic = [], [], 0.0
-        for name, p in layer.params.items():
-            d = be.asarray(rng.standard_normal(tuple(p.shape)))
-            arrays.append(p), dirs.append(d)
-            analytic += float((be.asarray(grads[name]) * d).sum())
-        if differentiable_input and dx is not None:
-            d = be.asarray(rng.standard_normal(tuple(x.shape)))
-            arrays.append(x), dirs.append(d)
-            analytic += float((dx * d).sum())
-        numeric = _directional(f, arrays, dirs, eps)
-        assert_directional_match(analytic, numeric, rtol=rtol, what=f"{type(layer).__name__} trial {t}")
+    pairs = [(p, grads[name]) for name, p in layer.params.items()]
+    if differentiable_input and dx is not None:
+        pairs.append((x, dx))
+    _check_directions(be, rng, lambda: (layer.forward(x, train=False, **forward_kwargs) * R).sum(),
+                      pairs, trials, eps, rtol, type(layer).__name__)
 
 
 def check_output_gradients(output, h, targets, seed=0, eps=1e-6, trials=3, rtol=1e-6):
@@ -72,21 +71,9 @@ def check_output_gradients(output, h, targets, seed=0, eps=1e-6, trials=3, rtol=
     dh = output.backward()
     grads = {k: dense_grad(be, g) for k, g in output.grads.items()}
     assert set(grads) == set(output.params)
-
-    def f():
-        return output.forward(h, targets, train=False)
-
-    for t in range(trials):
-        arrays, dirs, analytic = [], [], 0.0
-        for name, p in output.params.items():
-            d = be.asarray(rng.standard_normal(tuple(p.shape)))
-            arrays.append(p), dirs.append(d)
-            analytic += float((be.asarray(grads[name]) * d).sum())
-        d = be.asarray(rng.standard_normal(tuple(h.shape)))
-        arrays.append(h), dirs.append(d)
-        analytic += float((dh * d).sum())
-        numeric = _directional(f, arrays, dirs, eps)
-        assert_directional_match(analytic, numeric, rtol=rtol, what=f"{type(output).__name__} trial {t}")
+    pairs = [(p, grads[name]) for name, p in output.params.items()] + [(h, dh)]
+    _check_directions(be, rng, lambda: output.forward(h, targets, train=False),
+                      pairs, trials, eps, rtol, type(output).__name__)
 
 
 def check_model_gradients(model, x, targets, seed=0, eps=1e-6, trials=3, rtol=1e-6, key=(0, 1)):
@@ -95,19 +82,11 @@ def check_model_gradients(model, x, targets, seed=0, eps=1e-6, trials=3, rtol=1e
     model.set_random_key(*key)
     model.forward(x, targets, train=True)
     model.backward()
-    items = model.param_items()
-    grads = [dense_grad(be, layer.grads[name]) for _, layer, name in items]
+    pairs = [(layer.params[name], dense_grad(be, layer.grads[name]))
+             for _, layer, name in model.param_items()]
 
     def f():
         model.set_random_key(*key)       # same dropout mask as the analytic pass
         return model.forward(x, targets, train=True)
 
-    for t in range(trials):
-        arrays, dirs, analytic = [], [], 0.0
-        for (_, layer, name), g in zip(items, grads):
-            p = layer.params[name]
-            d = be.asarray(rng.standard_normal(tuple(p.shape)))
-            arrays.append(p), dirs.append(d)
-            analytic += float((be.asarray(g) * d).sum())
-        numeric = _directional(f, arrays, dirs, eps)
-        assert_directional_match(analytic, numeric, rtol=rtol, what=f"model trial {t}")
+    _check_directions(be, rng, f, pairs, trials, eps, rtol, "model")
