@@ -28,6 +28,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
                         "softmax_xent_grad_chunk"),
     "scatter_rows.cu": ("scatter_add_rows", "gather_rows"),
     "adam.cu": ("adam_step", "adam_step_rows"),
+    "factored_rows.cu": ("factored_gather_rows", "factored_scatter_atomic",
+                         "factored_scatter_sorted"),
 }
 
 #: C++ element type of each supported NumPy dtype.

@@ -1,0 +1,376 @@
+"""Exact factored output layer for very large sparse targets (Vincent et al. 2015, PAPERS.md s.1).
+
+Shapes: h (B, d) the last hidden layer, D outputs, targets (B,) or (B, K) padded with -1.
+W = V U + 1 a^T (D, d) is kept implicitly (engine/outputs/factored_state.py); O = h W^T (B, D)
+is never formed. Per minibatch: the loss (mean over B, or sum), dh and the exact SGD update of W
+cost O(B d^2 + B K d) plus O(B^2 d + B^3) for the minibatch terms.
+
+Losses (engine/outputs/spherical_family.py): "factored-squared" (matches the dense "squared"
+output: ||o - y||^2 with y K-hot), "factored-spherical" (eps), "factored-taylor",
+"factored-zloss" (a, b); or FactoredOutput(loss=...).
+
+Forward (old state): HU = h U^T, Vc = V[targets] (gathered), o_c = Vc . HU + h . a,
+q = diag(h Q h^T), s = h . wbar -> loss, g_q, g_s, g_c. Backward: dh = r (2 g_q h Q + Ydot W
++ g_s wbar^T) with Ydot W = (sum_k g_c Vc) U + (sum_k g_c) a^T. Update: `apply_update(lr)`.
+
+Why only SGD: the update W <- W M + (rank-B row-sparse term) is exact because plain SGD moves W
+by a multiple of G^T H, which factors as a right-multiplication plus target rows. Adam/momentum
+keep a D x d per-element state and rescale each element of W differently; that update is not of
+this form, so it cannot be applied without touching all D x d entries. The rest of the network
+trains with any optimizer; this layer owns its update (`owns_update`): the engine calls
+`prepare_update(lr)` before backward (the learning-rate guard then refuses a step that would make
+U singular before anything changes) and `apply_update(lr)` after the optimizer step. Its
+learning rate is `lr` if given, else `lr_scale` times the engine's (scheduled) learning rate.
+L2 decay (`weight_decay`) is exact: W <- W - lr (G^T H + wd W).
+
+Kernels: on the GPU, rawkernels/factored_rows.cu gathers the target rows of V and scatter-adds
+the row updates (atomic, or deterministic by a sort and a per-row ordered sum); the d x d work is
+cuBLAS through CuPy matmul. On the CPU, NumPy and the numba scatter of the backend. The
+learning-rate guard and the periodic monitors are the only host synchronisations.
+"""
+from __future__ import annotations
+
+import numpy
+
+from ..layers.base import OutputLayer
+from . import factored_state as fs
+from .spherical_family import make_loss, targets_and_mask
+
+
+# ------------------------------------------------------------------ row primitives
+def _is_cupy(backend):
+    return backend.xp is not numpy
+
+
+def gather_target_rows(backend, V, ids, valid):
+    """V[ids] (N, d) with zero rows where not valid. NumPy reference of factored_gather_rows."""
+    if not _is_cupy(backend):
+        out = V[ids]
+        out *= valid.reshape(-1, 1)
+        return out
+    from ..backend import kernels
+    xp = backend.xp
+    ids = xp.where(valid.reshape(-1), ids, -1).astype(xp.int64)
+    n, d = ids.size, V.shape[1]
+    out = xp.empty((n, d), dtype=V.dtype)
+    if n * d:
+        grid, block = kernels.launch_1d(n * d)
+        kernels.get_kernel("factored_rows.cu", "factored_gather_rows", V.dtype)(
+            grid, block, (out, V, ids, numpy.int64(n), numpy.int64(d), numpy.int64(V.shape[0])))
+    return out
+
+
+def scatter_outer_rows(backend, V, ids, coef, rows, K, deterministic=False):
+    """V[ids[n]] += coef[n] * rows[n // K] for n < N = B K; repeated ids accumulate.
+    NumPy: the backend's numba scatter (sequential, deterministic)."""
+    xp = backend.xp
+    if not _is_cupy(backend):
+        vals = coef[:, None] * xp.repeat(rows, K, axis=0)
+        backend.scatter_add_rows(V, ids, vals.astype(V.dtype, copy=False))
+        return V
+    from ..backend import kernels
+    n, d = ids.size, V.shape[1]
+    if n == 0:
+        return V
+    coef = xp.ascontiguousarray(coef, dtype=V.dtype)
+    rows = xp.ascontiguousarray(rows, dtype=V.dtype)
+    args = (numpy.int64(n), numpy.int64(K), numpy.int64(d), numpy.int64(V.shape[0]))
+    if not deterministic:
+        grid, block = kernels.launch_1d(n * d)
+        kernels.get_kernel("factored_rows.cu", "factored_scatter_atomic", V.dtype)(
+            grid, block, (V, ids, coef, rows) + args)
+    else:
+        keys = ids.astype(xp.int64) * n + xp.arange(n, dtype=xp.int64)   # unique keys
+        order = xp.argsort(keys).astype(xp.int64)
+        grid, block = kernels.launch_rows(n, 128)
+        kernels.get_kernel("factored_rows.cu", "factored_scatter_sorted", V.dtype)(
+            grid, block, (V, ids, order, coef, rows) + args)
+    return V
+
+
+# ------------------------------------------------------------------ the layer
+class FactoredOutput(OutputLayer):
+    owns_update = True
+    default_loss = "squared"
+
+    def __init__(self, in_features: int, num_classes: int, loss: str | None = None,
+                 loss_kwargs: dict | None = None, reduction: str = "mean",
+                 lr: float | None = None, lr_scale: float = 1.0, weight_decay: float = 0.0,
+                 inverse: str = "woodbury", reinvert_every: int = 0, check_every: int = 100,
+                 q_tol: float | None = None, inv_tol: float | None = None,
+                 band: tuple = (0.5, 2.0), unfactorize_fraction: float = 1.0 / 3.0,
+                 recompute_q_every: int = 0, lr_guard: bool = True, guard_min: float = 1e-2,
+                 deterministic: bool = False, init_scale: float | None = None,
+                 topk_chunk: int = 65536, **extra_loss_kwargs):
+        super().__init__()
+        if reduction not in ("mean", "sum"):
+            raise ValueError(f"factored: reduction must be 'mean' or 'sum', got {reduction!r}")
+        if inverse not in ("woodbury", "solve"):
+            raise ValueError(f"factored: inverse must be 'woodbury' or 'solve', got {inverse!r}")
+        if weight_decay < 0 or (lr is not None and lr < 0) or lr_scale < 0:
+            raise ValueError("factored: lr, lr_scale and weight_decay must be >= 0")
+        self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.loss_name = loss or self.default_loss
+        self.loss_kwargs = {**(loss_kwargs or {}), **extra_loss_kwargs}
+        self.loss = make_loss(self.loss_name, **self.loss_kwargs)
+        self.has_likelihood = self.loss.has_likelihood
+        self.reduction, self.init_scale, self.use_bias = reduction, init_scale, False
+        self.lr, self.lr_scale, self.weight_decay = lr, float(lr_scale), float(weight_decay)
+        self.inverse, self.reinvert_every = inverse, int(reinvert_every)
+        self.check_every, self.q_tol, self.inv_tol = int(check_every), q_tol, inv_tol
+        self.band, self.unfactorize_fraction = tuple(band), float(unfactorize_fraction)
+        self.recompute_q_every = int(recompute_q_every)
+        self.lr_guard, self.guard_min = bool(lr_guard), float(guard_min)
+        self.deterministic, self.topk_chunk = bool(deterministic), int(topk_chunk)
+        self.updates = 0
+        self.events = []            # (update number, what the numerical care did)
+        self.last_monitors = None
+        self._cache = None
+        self._pending = None
+        self._prepared_lr = None
+
+    # -- parameters ----------------------------------------------------------------
+    def init_params(self, rng):
+        a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
+        W0 = rng.uniform(-a, a, size=(self.num_classes, self.in_features))
+        return fs.init_state(W0, self.loss.uses_s)
+
+    def set_dense_weight(self, W):
+        """Restart from a dense W (D, d): V = W, U = I, exact Q (and wbar)."""
+        host = fs.init_state(numpy.asarray(W), self.loss.uses_s)
+        for k, v in host.items():
+            self.params[k] = self.backend.asarray(v.astype(self.dtype))
+
+    def dense_weight(self):
+        """Export W = V U + 1 a^T as a host (D, d) array (O(D d^2))."""
+        W = self.params["V"] @ self.params["U"]
+        if "a" in self.params:
+            W = W + self.params["a"]
+        return self.backend.to_host(W)
+
+    # -- forward / backward ------------------------------------------------------------
+    def _check(self, h, targets):
+        xp = self.backend.xp
+        if h.ndim != 2 or h.shape[1] != self.in_features:
+            raise ValueError(f"factored: expected h (B, {self.in_features}), got {tuple(h.shape)}")
+        t2, valid = targets_and_mask(xp, targets, h.shape[0], self.num_classes)
+        if xp is numpy and t2.size and (int(t2.max()) >= self.num_classes
+                                        or int(numpy.asarray(targets).min()) < -1):
+            raise ValueError(f"factored: target ids must be in [-1, {self.num_classes}), got "
+                             f"[{int(numpy.asarray(targets).min())}, {int(t2.max())}]")
+        return t2, valid
+
+    def _terms(self, h, t2, valid):
+        """(HU, Vc (B, K, d), o_c (B, K), HQ, q, s)."""
+        p = self.params
+        B, K = t2.shape
+        HU = h @ p["U"].T
+        Vc = gather_target_rows(self.backend, p["V"], t2.reshape(-1), valid).reshape(B, K, -1)
+        oc = (Vc * HU[:, None, :]).sum(axis=2)
+        if "a" in p:
+            oc = oc + (h @ p["a"])[:, None]
+        HQ = h @ p["Q"]
+        q = (HQ * h).sum(axis=1)
+        s = h @ p["wbar"] if "wbar" in p else None
+        return HU, Vc, oc, HQ, q, s
+
+    def forward(self, h, targets, train=True):
+        xp = self.backend.xp
+        t2, valid = self._check(h, targets)
+        HU, Vc, oc, HQ, q, s = self._terms(h, t2, valid)
+        extra = self.loss.prepare(xp, t2, valid)
+        loss, g_q, g_s, g_c = self.loss.value_and_grads(xp, q, s, oc, valid, self.num_classes, extra)
+        r = 1.0 if self.reduction == "sum" else 1.0 / h.shape[0]
+        self._cache = (h, t2, valid, Vc, HQ, s, r * g_q, None if g_s is None else r * g_s,
+                       r * g_c, HU) if train else None
+        self.last_loss_rows = loss
+        return loss.sum() * r
+
+    def backward(self, dy=None):
+        if self._cache is None:
+            raise RuntimeError("factored.backward called without a forward(train=True)")
+        h, t2, valid, Vc, HQ, s, gq, gs, gc, HU = self._cache
+        self._cache = None
+        p = self.params
+        gcsum = gc.sum(axis=1)
+        R = (gc[:, :, None] * Vc).sum(axis=1) @ p["U"]            # Ydot W, (B, d)
+        if "a" in p:
+            R += gcsum[:, None] * p["a"]
+        dh = (2.0 * gq)[:, None] * HQ
+        dh += R
+        if gs is not None:
+            dh += gs[:, None] * p["wbar"]
+        # G G^T (B, B) from h Q h^T, h R^T and Ydot Ydot^T (pairs naming the same row)
+        HR = h @ R.T
+        GG = (4.0 * gq[:, None] * gq[None, :]) * (HQ @ h.T)
+        GG += 2.0 * gq[:, None] * HR
+        GG += 2.0 * HR.T * gq[None, :]
+        same = (t2[:, :, None, None] == t2[None, None, :, :]) & valid[:, :, None, None] & valid[None, None]
+        GG += (same * (gc[:, :, None, None] * gc[None, None, :, :])).sum(axis=(1, 3))
+        G1 = None
+        if gs is not None:
+            u = 2.0 * gq * s + gcsum
+            GG += self.num_classes * gs[:, None] * gs[None, :] + u[:, None] * gs[None, :] \
+                + gs[:, None] * u[None, :]
+            G1 = u + self.num_classes * gs
+        self._pending = (h, t2.reshape(-1), gc, gq, gs, G1, dh, GG, HU)
+        if self._prepared_lr is not None:
+            self._plan(self._eta(self._prepared_lr))
+        return dh
+
+    # -- the exact update ------------------------------------------------------------
+    def _eta(self, lr):
+        return float(self.lr) if self.lr is not None else self.lr_scale * float(lr)
+
+    def _plan(self, eta):
+        h, gq = self._pending[0], self._pending[3]
+        A, Mb, s_, C = fs.step_matrix(self.backend.xp, h, gq, eta, self.weight_decay)
+        if self.lr_guard:
+            fs.check_step(self.backend, Mb, s_, eta, self.guard_min, A, C)
+        self._plan_cache = (eta, A, Mb, s_)
+        return self._plan_cache
+
+    def prepare_update(self, lr):
+        """Called by the engine before backward: the guard runs in backward, before any change."""
+        self._prepared_lr = lr
+
+    def apply_update(self, lr):
+        if self._pending is None:
+            raise RuntimeError("factored.apply_update called without a backward()")
+        eta = self._eta(lr)
+        plan = getattr(self, "_plan_cache", None)
+        if plan is None or plan[0] != eta:
+            plan = self._plan(eta)
+        _, A, Mb, s_ = plan
+        h, ids, gc, gq, gs, G1, dh, GG, HU = self._pending
+        xp = self.backend.xp
+
+        def scatter(V, ids_, coef, rows, K):
+            scatter_outer_rows(self.backend, V, ids_, coef, rows, K, self.deterministic)
+
+        fs.sgd_step(self.params, xp, h, ids, gc, gq, gs, G1, dh, GG, eta, self.weight_decay,
+                    A, Mb, s_, scatter, self.inverse, HU=HU)
+        self._pending, self._plan_cache, self._prepared_lr = None, None, None
+        self.updates += 1
+        self._numerical_care()
+
+    def _numerical_care(self):
+        xp, n, st = self.backend.xp, self.updates, self.params
+        if self.reinvert_every and n % self.reinvert_every == 0:
+            fs.reinvert(st, xp)
+        if self.recompute_q_every and n % self.recompute_q_every == 0:
+            fs.recompute_Q(st, xp)
+        if self.check_every and n % self.check_every == 0:
+            self.run_checks()
+
+    def run_checks(self):
+        """Monitors, then: re-invert U when ||U U^{-1} - I|| > inv_tol, recompute Q (and wbar)
+        when ||W^T W - Q|| / ||Q|| > q_tol, and keep U's singular values in `band` (rank-1
+        fixes, or unfactorize). Returns the monitors (floats) measured before any fix."""
+        xp, st = self.backend.xp, self.params
+        eps = numpy.finfo(self.dtype).eps
+        q_tol = self.q_tol if self.q_tol is not None else 1e3 * eps
+        inv_tol = self.inv_tol if self.inv_tol is not None else 1e3 * eps
+        mon = fs.monitors(st, xp)
+        self.last_monitors = mon
+        band = fs.fix_band(st, xp, self.band[0], self.band[1], self.unfactorize_fraction)
+        if band != "none":
+            self.events.append((self.updates, band))
+        if band == "unfactorized":
+            fs.recompute_Q(st, xp)
+        elif band == "none" and mon["inv_err"] > inv_tol:
+            fs.reinvert(st, xp)
+            self.events.append((self.updates, "reinverted"))
+        if band != "unfactorized" and max(mon["q_rel_err"], mon.get("wbar_rel_err", 0.0)) > q_tol:
+            fs.recompute_Q(st, xp)
+            self.events.append((self.updates, "recomputed Q"))
+        return mon
+
+    def zero_grads(self):
+        self.grads = {}
+
+    # -- evaluation --------------------------------------------------------------------
+    def loss_per_example(self, h, targets):
+        xp = self.backend.xp
+        t2, valid = self._check(h, targets)
+        HU, Vc, oc, HQ, q, s = self._terms(h, t2, valid)
+        extra = self.loss.prepare(xp, t2, valid)
+        return self.loss.value_and_grads(xp, q, s, oc, valid, self.num_classes, extra)[0]
+
+    def log_prob(self, h, targets):
+        """Exact log p(target) in O(d^2) per example (spherical and Taylor softmax)."""
+        if not self.has_likelihood:
+            raise NotImplementedError(f"factored-{self.loss_name} defines no likelihood; "
+                                      f"use loss_per_example")
+        if targets.ndim != 1:
+            raise ValueError("factored.log_prob takes one target per row (B,)")
+        t2, valid = self._check(h, targets)
+        HU, Vc, oc, HQ, q, s = self._terms(h, t2, valid)
+        return self.loss.log_prob(self.backend.xp, q, s, oc[:, 0], self.num_classes)
+
+    def _score(self, o):
+        if self.loss_name == "spherical":
+            return o * o
+        if self.loss_name == "taylor":
+            return 1.0 + o + 0.5 * o * o
+        return o
+
+    def predict_topk(self, h, k: int, chunk_size=None):
+        """Best k outputs per row by chunks of V's rows (never B x D at once): O(D d B)."""
+        xp, p = self.backend.xp, self.params
+        k = int(min(k, self.num_classes))
+        chunk = max(int(chunk_size or self.topk_chunk), k)
+        HU = h @ p["U"].T                                         # (B, d)
+        ha = (h @ p["a"])[:, None] if "a" in p else 0.0
+        best_v = best_i = None
+        for start in range(0, self.num_classes, chunk):
+            stop = min(start + chunk, self.num_classes)
+            sc = self._score(HU @ p["V"][start:stop].T + ha)      # (B, chunk)
+            kk = min(k, stop - start)
+            part = xp.argpartition(-sc, kk - 1, axis=1)[:, :kk]
+            vals = xp.take_along_axis(sc, part, axis=1)
+            ids = part + start
+            if best_v is None:
+                best_v, best_i = vals, ids
+            else:
+                cv = xp.concatenate([best_v, vals], axis=1)
+                ci = xp.concatenate([best_i, ids], axis=1)
+                kk = min(k, cv.shape[1])
+                sel = xp.argpartition(-cv, kk - 1, axis=1)[:, :kk]
+                best_v, best_i = xp.take_along_axis(cv, sel, axis=1), xp.take_along_axis(ci, sel, axis=1)
+        order = xp.argsort(-best_v, axis=1)
+        return xp.take_along_axis(best_i, order, axis=1), xp.take_along_axis(best_v, order, axis=1)
+
+    def config(self):
+        return {"in_features": self.in_features, "num_classes": self.num_classes,
+                "loss": self.loss_name, "loss_kwargs": self.loss_kwargs,
+                "reduction": self.reduction, "lr": self.lr, "lr_scale": self.lr_scale,
+                "weight_decay": self.weight_decay, "inverse": self.inverse,
+                "reinvert_every": self.reinvert_every, "check_every": self.check_every,
+                "q_tol": self.q_tol, "inv_tol": self.inv_tol, "band": list(self.band),
+                "unfactorize_fraction": self.unfactorize_fraction,
+                "recompute_q_every": self.recompute_q_every, "lr_guard": self.lr_guard,
+                "guard_min": self.guard_min, "deterministic": self.deterministic,
+                "init_scale": self.init_scale, "topk_chunk": self.topk_chunk}
+
+
+class FactoredSquaredOutput(FactoredOutput):
+    default_loss = "squared"
+
+
+class FactoredSphericalOutput(FactoredOutput):
+    default_loss = "spherical"
+
+
+class FactoredTaylorOutput(FactoredOutput):
+    default_loss = "taylor"
+
+
+class FactoredZLossOutput(FactoredOutput):
+    default_loss = "zloss"
+
+
+FACTORED_OUTPUTS = {"factored-squared": FactoredSquaredOutput,
+                    "factored-spherical": FactoredSphericalOutput,
+                    "factored-taylor": FactoredTaylorOutput,
+                    "factored-zloss": FactoredZLossOutput}

@@ -1,0 +1,133 @@
+"""The factored output layer (engine/outputs/factored.py) as a layer: float64 finite differences
+of dh for every loss, evaluation (log_prob, perplexity terms, predict_topk by chunks, dense
+export) against the dense reference, state_dict round trip, bad input, and NumPy-vs-CuPy checks of
+the row kernels (rawkernels/factored_rows.cu) and of whole steps (skipped without a GPU)."""
+from __future__ import annotations
+
+import numpy
+import pytest
+
+from devices import BACKEND_PARAMS, make_backend, to_host
+from gradcheck import _check_directions
+from engine.outputs import make_output
+from engine.outputs.factored import gather_target_rows, scatter_outer_rows
+
+LOSSES = ["squared", "spherical", "taylor", "zloss"]
+DENSE = {"squared": "squared", "spherical": "spherical-dense", "taylor": "taylor-dense",
+         "zloss": "zloss-dense"}
+
+
+def _trained(loss, dtype=numpy.float64, backend="numpy", steps=20, D=60, d=8, B=6, K=2, seed=0, **kw):
+    """A factored layer after a few exact steps (so U != I, a != 0)."""
+    be = make_backend(backend)
+    layer = make_output(f"factored-{loss}", d, D, check_every=0, **kw).bind(
+        be, numpy.random.default_rng(1), dtype)
+    rng = numpy.random.default_rng(seed)
+    for _ in range(steps):
+        h = be.asarray((rng.standard_normal((B, d)) * 0.3).astype(dtype))
+        t = be.asarray(rng.integers(0, D, size=(B, K)))
+        layer.forward(h, t)
+        layer.backward()
+        layer.apply_update(0.05)
+    return layer
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+@pytest.mark.parametrize("K", [1, 3])
+def test_dh_matches_finite_differences(loss, K):
+    layer = _trained(loss)
+    rng = numpy.random.default_rng(5)
+    h = rng.standard_normal((5, 8)) * 0.5
+    t = rng.integers(0, 60, size=(5, K)) if K > 1 else rng.integers(0, 60, size=5)
+    if K > 1:
+        t[0, 1], t[1, 2] = t[0, 0], -1
+    layer.forward(h, t)
+    dh = layer.backward()
+    layer._pending = None
+    _check_directions(layer.backend, rng, lambda: layer.forward(h, t, train=False),
+                      [(h, dh)], 3, 1e-6, 1e-6, f"factored-{loss}")
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_evaluation_matches_dense_export(loss):
+    layer = _trained(loss)
+    be = layer.backend
+    W = layer.dense_weight()
+    dense = make_output(DENSE[loss], 8, 60).bind(be, numpy.random.default_rng(0), numpy.float64)
+    dense.params["W"] = W.copy()
+    rng = numpy.random.default_rng(7)
+    h = rng.standard_normal((7, 8))
+    t = rng.integers(0, 60, size=7)
+    numpy.testing.assert_allclose(layer.loss_per_example(h, t), dense.loss_per_example(h, t), rtol=1e-10)
+    if layer.has_likelihood:
+        numpy.testing.assert_allclose(layer.log_prob(h, t), dense.log_prob(h, t), rtol=1e-10)
+        # normalised: exp(log p) over every class sums to 1
+        allp = numpy.stack([layer.log_prob(h, numpy.full(7, c)) for c in range(60)], 1)
+        numpy.testing.assert_allclose(numpy.exp(allp).sum(1), 1.0, rtol=1e-10)
+    ids, vals = layer.predict_topk(h, 5, chunk_size=7)
+    ids_d, vals_d = dense.predict_topk(h, 5)
+    numpy.testing.assert_array_equal(ids, ids_d)
+    numpy.testing.assert_allclose(vals, vals_d, rtol=1e-10)
+
+
+def test_state_dict_round_trip():
+    layer = _trained("taylor")
+    state = layer.state_dict()
+    assert {"V", "U", "Uinv_T", "Q", "a", "wbar"} <= set(state)
+    fresh = make_output("factored-taylor", 8, 60).bind(make_backend("numpy"),
+                                                       numpy.random.default_rng(9), numpy.float64)
+    fresh.load_state_dict(state)
+    h = numpy.random.default_rng(2).standard_normal((3, 8))
+    t = numpy.array([1, 2, 3])
+    assert float(fresh.forward(h, t, train=False)) == float(layer.forward(h, t, train=False))
+    numpy.testing.assert_array_equal(fresh.dense_weight(), layer.dense_weight())
+
+
+def test_bad_input_is_rejected():
+    layer = _trained("squared", steps=0)
+    with pytest.raises(ValueError, match="expected h"):
+        layer.forward(numpy.zeros((3, 5)), numpy.array([1, 2, 3]))
+    with pytest.raises(ValueError, match="target ids"):
+        layer.forward(numpy.zeros((3, 8)), numpy.array([1, 2, 60]))
+    with pytest.raises(ValueError, match="reduction"):
+        make_output("factored-squared", 8, 60, reduction="max")
+    with pytest.raises(NotImplementedError, match="no likelihood"):
+        layer.log_prob(numpy.zeros((3, 8)), numpy.array([1, 2, 3]))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_row_kernels_match_numpy(backend, deterministic):
+    be = make_backend(backend)
+    rng = numpy.random.default_rng(0)
+    D, d, B, K = 50, 7, 9, 3
+    V = rng.standard_normal((D, d))
+    ids = rng.integers(0, D, size=B * K)
+    ids[: 10] = 4                                 # one row named many times
+    valid = numpy.ones(B * K, bool)
+    valid[5] = False
+    coef = rng.standard_normal(B * K) * valid
+    rows = rng.standard_normal((B, d))
+    ref = V.copy()
+    numpy.add.at(ref, ids, coef[:, None] * numpy.repeat(rows, K, axis=0))
+    for dt, tol in ((numpy.float64, 1e-12), (numpy.float32, 1e-5)):
+        Vb = be.asarray(V.astype(dt))
+        g = to_host(gather_target_rows(be, Vb, be.asarray(ids), be.asarray(valid)))
+        numpy.testing.assert_allclose(g, V[ids].astype(dt) * valid[:, None], rtol=tol)
+        scatter_outer_rows(be, Vb, be.asarray(ids), be.asarray(coef.astype(dt)),
+                           be.asarray(rows.astype(dt)), K, deterministic)
+        numpy.testing.assert_allclose(to_host(Vb), ref, rtol=tol, atol=tol)
+        if deterministic:
+            again = be.asarray(V.astype(dt))
+            scatter_outer_rows(be, again, be.asarray(ids), be.asarray(coef.astype(dt)),
+                               be.asarray(rows.astype(dt)), K, True)
+            numpy.testing.assert_array_equal(to_host(again), to_host(Vb))
+
+
+@pytest.mark.parametrize("backend", BACKEND_PARAMS)
+@pytest.mark.parametrize("loss", LOSSES)
+def test_whole_steps_match_numpy(backend, loss):
+    ref = _trained(loss, backend="numpy", steps=15)
+    dev = _trained(loss, backend=backend, steps=15, deterministic=True)
+    for k, v in ref.state_dict().items():
+        numpy.testing.assert_allclose(dev.state_dict()[k], v, rtol=1e-9, atol=1e-11, err_msg=k)
