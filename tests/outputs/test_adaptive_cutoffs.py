@@ -1,0 +1,98 @@
+"""Auto cutoffs: the dynamic program equals brute force, the measured cost model is sane and
+cached, and the choice follows the cost model (no tail when tails cannot pay off)."""
+import json
+import os
+
+import numpy
+import pytest
+
+from engine.backend import Backend
+from engine.outputs import AdaptiveSoftmaxOutput
+from engine.outputs import adaptive_cutoffs as ac
+
+
+class AffineModel:
+    """The paper's g: flat below k0 then affine in (rows x outputs), per-block overhead c."""
+
+    def __init__(self, d=64, c=1e-5, lam=1e-9, k0=50, div=4.0):
+        self.d, self.c, self.lam, self.k0, self.div = d, c, lam, k0, div
+
+    def _g(self, m, n, k):
+        m, k = numpy.asarray(m, float), numpy.asarray(k, float)
+        work = numpy.maximum(m * k, self.k0) * (n + 8)      # + 8: the softmax's elementwise work
+        return numpy.where(m > 0, self.c * numpy.minimum(m, 1) + self.lam * work, 0.0)
+
+    def head(self, k):
+        return self._g(256, self.d, k)
+
+    def tail(self, i, m, k):
+        return self._g(m, self.d / self.div ** (i + 1), k)
+
+    def proj(self, i, m):
+        return self._g(m, self.d, self.d / self.div ** (i + 1))
+
+
+def zipf(D, s=1.0):
+    p = 1.0 / numpy.arange(1, D + 1) ** s
+    return p / p.sum()
+
+
+@pytest.mark.parametrize("min_head", [1, 200])
+@pytest.mark.parametrize("J", [1, 2, 3])
+def test_dp_equals_brute_force(J, min_head):
+    probs = zipf(3000)
+    model = AffineModel()
+    cands = ac.candidate_positions(3000, n=18)
+    c_dp, cut_dp = ac.dp_cutoffs(probs, model, 256, J, cands, min_head)
+    c_bf, cut_bf = ac.brute_force_cutoffs(probs, model, 256, J, cands, min_head)
+    assert cut_dp[0] >= min_head
+    assert abs(c_dp - c_bf) <= 1e-12 * c_bf
+    assert cut_dp == cut_bf
+    assert abs(ac.expected_cost(cut_dp, probs, model, 256) - c_dp) <= 1e-12 * c_dp
+
+
+def test_choice_follows_the_cost_model():
+    probs_counts = (zipf(20000) * 1e7).round()
+    cheap_tails = ac.choose_cutoffs(probs_counts, 64, model=AffineModel(c=1e-6), max_clusters=3,
+                                    verbose=False)
+    assert 1 <= len(cheap_tails["cutoffs"]) <= 3
+    assert cheap_tails["predicted_ms"] < 0.5 * cheap_tails["full_ms"]
+    # a huge fixed cost per block: no tail pays for itself -> the exact softmax (J = 0)
+    costly = ac.choose_cutoffs(probs_counts, 64, model=AffineModel(c=10.0), max_clusters=3,
+                               verbose=False)
+    assert costly["cutoffs"] == [] and costly["predicted_ms"] == costly["full_ms"]
+
+
+def test_bad_counts_raise():
+    with pytest.raises(ValueError, match="frequency-sorted"):
+        ac.choose_cutoffs(numpy.arange(10.0), 8, model=AffineModel(), verbose=False)
+    with pytest.raises(ValueError, match="counts"):
+        ac.choose_cutoffs(numpy.array([1.0, numpy.nan]), 8, model=AffineModel(), verbose=False)
+
+
+def test_measured_cost_model_is_cached_and_monotone(tmp_path, monkeypatch):
+    monkeypatch.setenv("ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(ac, "_MEMORY_CACHE", {})
+    be = Backend()
+    table = ac.measure_cost_model(be, "float32", batch=64, d=32, max_clusters=2, vocab=2000)
+    files = os.listdir(tmp_path / "adaptive_cost")
+    assert len(files) == 1 and json.loads((tmp_path / "adaptive_cost" / files[0]).read_text())["key"] == table["key"]
+    monkeypatch.setattr(ac, "_MEMORY_CACHE", {})
+    monkeypatch.setattr(ac, "_softmax_block_time", lambda *a: pytest.fail("re-measured"))
+    again = ac.measure_cost_model(be, "float32", batch=64, d=32, max_clusters=2, vocab=2000)
+    assert again["head"] == table["head"]
+    model = ac.CostModel(table)
+    assert model.head(20000) > model.head(1024)                    # extrapolated beyond the grid
+    assert model.tail(0, 64, 1024) >= model.tail(0, 0.5, 1024) > 0  # fewer rows, less time
+    assert model.proj(1, 0.0) == 0
+
+
+def test_layer_auto_cutoffs_from_counts_and_config(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("ENGINE_CACHE", str(tmp_path))
+    counts = (zipf(3000) * 1e6).round()
+    out = AdaptiveSoftmaxOutput(32, 3000, cutoffs="auto", counts=counts, auto_batch=64)
+    out.bind(Backend(), numpy.random.default_rng(0), "float32")
+    assert isinstance(out.cutoffs, list) and out.config()["cutoffs"] == out.cutoffs
+    assert "counts" not in out.config()
+    assert "auto cutoffs" in capsys.readouterr().out
+    assert out.auto_report["predicted_ms"] <= out.auto_report["full_ms"]
