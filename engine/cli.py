@@ -36,6 +36,14 @@ def _add_model_args(p):
                    help="output layer: softmax (exact), squared (dense squared error), ...")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="softmax over vocabulary chunks of this many words (never holds B x D)")
+    p.add_argument("--cutoffs", default=None,
+                   help="--output adaptive: comma-separated cutoffs (e.g. 2000,10000) or 'auto' "
+                        "(chosen from --data's word counts by the measured cost model)")
+    p.add_argument("--div-value", type=float, default=None,
+                   help="--output adaptive: tail i has width d / div_value^(i+1) (default 4)")
+    p.add_argument("--output-lr", type=float, default=None,
+                   help="--output factored-*: the factored layer's own exact-SGD learning rate "
+                        "(default: the optimizer's --lr and schedule)")
 
 
 def _add_optim_args(p):
@@ -139,6 +147,14 @@ def cmd_train(args):
         with open_lm_corpus(data) as corpus:
             vocab_size = corpus.vocab_size
         out_kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+        if args.output == "adaptive":           # adaptive softmax: cutoffs, div_value, counts
+            out_kw = {"cutoffs": args.cutoffs or "auto", "auto_batch": args.batch_size}
+            if args.div_value is not None:
+                out_kw["div_value"] = args.div_value
+            if out_kw["cutoffs"] == "auto":
+                out_kw["counts"] = os.path.abspath(data)
+        if args.output.startswith("factored-") and args.output_lr is not None:
+            out_kw["lr"] = args.output_lr           # factored output: its own SGD learning rate
         model = MLPLanguageModel(vocab_size, context=args.context, embed_dim=args.embed,
                                  hidden=args.hidden, activation=args.activation,
                                  dropout=args.dropout, output=args.output, output_kwargs=out_kw)

@@ -87,7 +87,10 @@ class MLPLanguageModel(Model):
         self.embedding.backward(dh.reshape(-1, self.context, self.embed_dim))
 
     def config(self):
+        out_kw = self.output_kwargs
+        if hasattr(self.output, "rebuild_kwargs") and self.output.backend is not None:
+            out_kw = self.output.rebuild_kwargs()    # e.g. adaptive cutoffs="auto" -> the list chosen
         return {"vocab_size": self.vocab_size, "context": self.context,
                 "embed_dim": self.embed_dim, "hidden": list(self.hidden),
                 "activation": self.activation, "dropout": self.dropout,
-                "output": self.output_name, "output_kwargs": self.output_kwargs}
+                "output": self.output_name, "output_kwargs": out_kw}

@@ -16,6 +16,20 @@ def register_output(name: str, cls):
     OUTPUTS[name] = cls
 
 
+from .adaptive import AdaptiveSoftmaxOutput  # noqa: E402
+
+register_output("adaptive", AdaptiveSoftmaxOutput)
+
+from .factored import FACTORED_OUTPUTS  # noqa: E402  (issue 3: exact factored output layer)
+from .spherical_dense import SphericalDenseOutput, TaylorDenseOutput, ZLossDenseOutput  # noqa: E402
+
+for _name, _cls in FACTORED_OUTPUTS.items():
+    register_output(_name, _cls)
+register_output("spherical-dense", SphericalDenseOutput)
+register_output("taylor-dense", TaylorDenseOutput)
+register_output("zloss-dense", ZLossDenseOutput)
+
+
 def make_output(name: str, in_features: int, num_classes: int, **kwargs):
     try:
         cls = OUTPUTS[name]
