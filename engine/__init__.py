@@ -8,10 +8,10 @@ Importing this package never imports CuPy; the GPU backend loads only when asked
 """
 from .backend import Backend, get_backend, gpu_available
 from .engine import Engine, TrainingDiverged
-from .models import MLPLanguageModel
+from .models import MLPClassifier, MLPLanguageModel
 from .optim import SGD, Adam, make_optimizer
 
 __version__ = "0.1.0"
 
-__all__ = ["Engine", "TrainingDiverged", "MLPLanguageModel", "SGD", "Adam", "make_optimizer",
+__all__ = ["Engine", "TrainingDiverged", "MLPLanguageModel", "MLPClassifier", "SGD", "Adam", "make_optimizer",
            "Backend", "get_backend", "gpu_available", "__version__"]

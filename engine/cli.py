@@ -24,16 +24,34 @@ import sys
 # epoch on a 2-core CPU over the embedded State of the Union corpus.
 DEFAULTS = dict(context=4, embed=64, hidden=[256], activation="tanh", dropout=0.0,
                 output="softmax", optimizer="adam", lr=1e-3, epochs=2, batch_size=256)
+# The classifier's defaults (a classification file as --data): the meProp paper's MNIST MLP;
+# multi-label (XMC) files default to the squared hinge output.
+CLASSIFIER_DEFAULTS = dict(hidden=[500, 500], activation="relu", output="softmax",
+                           multilabel_output="squared-hinge")
 
 
 def _add_model_args(p):
     p.add_argument("--context", type=int, default=DEFAULTS["context"], help="previous words seen (n)")
     p.add_argument("--embed", type=int, default=DEFAULTS["embed"], help="embedding width")
-    p.add_argument("--hidden", type=int, nargs="+", default=DEFAULTS["hidden"], help="hidden widths")
-    p.add_argument("--activation", choices=["tanh", "relu"], default=DEFAULTS["activation"])
+    p.add_argument("--hidden", type=int, nargs="*", default=None,
+                   help=f"hidden widths (default {DEFAULTS['hidden']} for a language model, "
+                        f"{CLASSIFIER_DEFAULTS['hidden']} for a classifier)")
+    p.add_argument("--activation", choices=["tanh", "relu"], default=None,
+                   help="hidden activation (default tanh for a language model, relu for a classifier)")
     p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
-    p.add_argument("--output", default=DEFAULTS["output"],
-                   help="output layer: softmax (exact), squared (dense squared error), ...")
+    p.add_argument("--output", default=None,
+                   help="output layer: softmax (exact), squared (dense squared error), adaptive, "
+                        "factored-*, and for multi-label data squared-hinge (default) or bce")
+    p.add_argument("--output-kwargs", default=None, metavar="JSON",
+                   help='extra output-layer arguments as a JSON object, e.g. \'{"weights": "ffi", '
+                        '"fan_in": 32}\'')
+    p.add_argument("--intermediate", type=int, default=None,
+                   help="classifier: width of a dense ReLU layer just before the output (XMC)")
+    p.add_argument("--meprop-k", type=int, default=None,
+                   help="classifier: meProp, keep the k largest output-gradient entries per hidden layer")
+    p.add_argument("--meprop-mode", choices=["per-example", "unified", "random"], default="per-example")
+    p.add_argument("--meprop-output", action="store_true",
+                   help="meProp also on the output layer (when it supports it)")
     p.add_argument("--chunk-size", type=int, default=None,
                    help="softmax over vocabulary chunks of this many words (never holds B x D)")
     p.add_argument("--cutoffs", default=None,
@@ -135,20 +153,66 @@ def _default_data():
     return ensure_default_corpus()
 
 
+def _output_kwargs_json(args):
+    if not args.output_kwargs:
+        return {}
+    try:
+        kw = json.loads(args.output_kwargs)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"--output-kwargs: not valid JSON ({exc})") from None
+    if not isinstance(kw, dict):
+        raise ValueError(f"--output-kwargs: expected a JSON object, got {args.output_kwargs!r}")
+    return kw
+
+
+def _build_classifier(args, data):
+    """An MLPClassifier sized from a classification file's description."""
+    from .data.registry import describe_dataset
+    from .models import MLPClassifier
+    info = describe_dataset(data)
+    multilabel = bool(info.get("multilabel", False))
+    output = args.output or (CLASSIFIER_DEFAULTS["multilabel_output"] if multilabel
+                             else CLASSIFIER_DEFAULTS["output"])
+    out_kw = _output_kwargs_json(args)
+    meprop = None
+    if args.meprop_k is not None:
+        meprop = {"k": args.meprop_k, "mode": args.meprop_mode, "seed": args.seed,
+                  "output": bool(args.meprop_output)}
+    return MLPClassifier(int(info["num_features"]), int(info["num_classes"]),
+                         hidden=CLASSIFIER_DEFAULTS["hidden"] if args.hidden is None else args.hidden,
+                         activation=args.activation or CLASSIFIER_DEFAULTS["activation"],
+                         dropout=args.dropout, sparse_input=bool(info.get("sparse", False)),
+                         intermediate=args.intermediate, output=output, output_kwargs=out_kw,
+                         meprop=meprop)
+
+
 def cmd_train(args):
-    from .engine import Engine
+    from .data.registry import is_lm_corpus_file
+    from .engine import Engine, metric_keys
     from .models import MLPLanguageModel
 
     data = args.data or _default_data()
+    classification = not is_lm_corpus_file(data)
     if args.resume:
         engine = Engine.from_checkpoint(args.resume, device=args.device)
+    elif classification:
+        engine = Engine(_build_classifier(args, data), _make_optimizer(args), device=args.device,
+                        seed=args.seed, dtype=args.dtype)
     else:
+        if args.intermediate is not None or args.meprop_k is not None:
+            raise ValueError("--intermediate and --meprop-k apply to classifiers (a classification "
+                             "file as --data), not to the language model")
+        args.output = args.output or DEFAULTS["output"]
+        args.hidden = DEFAULTS["hidden"] if args.hidden is None else args.hidden
+        args.activation = args.activation or DEFAULTS["activation"]
         from .data.hdf5_schema import open_lm_corpus
         with open_lm_corpus(data) as corpus:
             vocab_size = corpus.vocab_size
         out_kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
+        out_kw.update(_output_kwargs_json(args))
         if args.output == "adaptive":           # adaptive softmax: cutoffs, div_value, counts
-            out_kw = {"cutoffs": args.cutoffs or "auto", "auto_batch": args.batch_size}
+            out_kw = {"cutoffs": args.cutoffs or "auto", "auto_batch": args.batch_size,
+                      **_output_kwargs_json(args)}
             if args.div_value is not None:
                 out_kw["div_value"] = args.div_value
             if out_kw["cutoffs"] == "auto":
@@ -162,7 +226,11 @@ def cmd_train(args):
     run_config = {"data": os.path.abspath(data), "command": sys.argv, **{k: v for k, v in vars(args).items()
                                                                          if k != "func"}}
     run_dir = args.run_dir or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else "auto")
-    history = engine.train(data, epochs=args.epochs, batch_size=args.batch_size, valid=data,
+    valid = data
+    if classification:                     # classification files may come without a valid split
+        from .data.registry import describe_dataset
+        valid = data if "valid" in describe_dataset(data).get("splits", ()) else None
+    history = engine.train(data, epochs=args.epochs, batch_size=args.batch_size, valid=valid,
                            run_dir=run_dir, checkpoint_every=args.checkpoint_every,
                            max_steps_per_epoch=args.max_steps_per_epoch,
                            progress=not args.no_progress, run_config=run_config)
@@ -172,12 +240,19 @@ def cmd_train(args):
               "valid_loss": last.get("valid_loss"), "valid_perplexity": last.get("valid_perplexity"),
               "seconds_per_epoch": (sum(h["seconds"] for h in history) / len(history)) if history else None,
               "run_dir": engine.run_dir}
+    for key in metric_keys(last, "valid_"):          # valid_accuracy, valid_p@1, ...
+        result[f"valid_{key}"] = last[f"valid_{key}"]
     if not args.no_test:
         test = engine.evaluate(data, split="test", batch_size=max(args.batch_size, 512))
         result["test_loss"] = test["loss"]
         result["test_perplexity"] = test.get("perplexity")
+        extra = {k: v for k, v in test.items()
+                 if k not in ("loss", "perplexity", "examples", "seconds", "device")}
+        for key, value in extra.items():
+            result[f"test_{key}"] = value
         print(f"[engine] test loss {test['loss']:.4f}" +
-              (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else ""))
+              (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else "") +
+              "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
     return result
 
 
@@ -189,6 +264,9 @@ def cmd_evaluate(args):
     line = f"[engine] {args.split}: loss {metrics['loss']:.4f}"
     if "perplexity" in metrics:
         line += f", perplexity {metrics['perplexity']:.2f}"
+    for key, value in metrics.items():
+        if key not in ("loss", "perplexity", "examples", "seconds", "device"):
+            line += f", {key} {value:.4f}"
     print(line + f" over {metrics['examples']:,} examples in {metrics['seconds']:.1f} s")
     return {"split": args.split, **metrics, "perplexity": metrics.get("perplexity")}
 

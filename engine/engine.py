@@ -29,8 +29,15 @@ import numpy
 from .backend import get_backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .data.arrays import ArrayLoader
+from .data.registry import is_lm_corpus_file
 from .models import build_model
 from .runlog import RunLog, default_run_dir
+
+
+def metric_keys(record, prefix):
+    """Names of the extra metrics (accuracy, p@1, ...) under `prefix` in a history record."""
+    return [k[len(prefix):] for k in record
+            if k.startswith(prefix) and k[len(prefix):] not in ("loss", "perplexity")]
 
 
 class TrainingDiverged(RuntimeError):
@@ -82,6 +89,13 @@ class Engine:
                 self.model.validate_data(data[0], data[1], name=f"{split} data")
             return ArrayLoader(data[0], data[1], batch_size, shuffle=shuffle, seed=self.seed,
                                backend=self.backend)
+        if isinstance(data, (str, os.PathLike)) and not is_lm_corpus_file(data):
+            # a classification dataset (dense or XMC sparse): its format module makes the loader
+            from .data.registry import describe_dataset, make_dataset_loader
+            if hasattr(self.model, "check_dataset"):
+                self.model.check_dataset(describe_dataset(data), str(data))
+            return make_dataset_loader(data, split, batch_size, shuffle=shuffle, seed=self.seed,
+                                       backend=self.backend)
         if _is_lm_corpus_source(data):
             from .data.loader import NGramLoader
             loader = NGramLoader(data, split, context=self.model.context, batch_size=batch_size,
@@ -126,6 +140,7 @@ class Engine:
         for layer in self.model.layers:
             layer.zero_grads()
         self.step += 1
+        self.model.after_step(self.step, self.optimizer)   # e.g. dynamic rewiring every N steps
         return loss
 
     def train(self, train, epochs=1, batch_size=128, valid=None, run_dir=None,
@@ -269,14 +284,14 @@ class Engine:
                   "lr": self.optimizer.current_lr(self.epoch), "device": self.backend.device}
         if not math.isfinite(train_loss):
             raise TrainingDiverged(f"epoch {self.epoch + 1} mean training loss is {train_loss}")
-        likelihood = self.model.output.has_likelihood
+        likelihood = self.model.output.has_likelihood and self.model.reports_perplexity
         if likelihood:
             record["train_perplexity"] = math.exp(min(train_loss, 700))
         if valid_loader is not None:
             metrics = self.evaluate(valid_loader)
-            record["valid_loss"] = metrics["loss"]
-            if likelihood:
-                record["valid_perplexity"] = metrics["perplexity"]
+            for key, value in metrics.items():     # valid_loss, valid_perplexity, valid_p@1, ...
+                if key not in ("examples", "seconds", "device"):
+                    record[f"valid_{key}"] = value
             if hasattr(self.optimizer, "observe"):
                 self.optimizer.observe(metrics["loss"])
         self.history.append(record)
@@ -290,6 +305,8 @@ class Engine:
                 parts.append(f"valid loss {record['valid_loss']:.4f}")
             if "valid_perplexity" in record:
                 parts.append(f"valid ppl {record['valid_perplexity']:.2f}")
+            for key in metric_keys(record, "valid_"):
+                parts.append(f"valid {key} {record['valid_' + key]:.4f}")
             parts.append(f"{seconds:.1f} s ({record['examples_per_second']:,.0f} ex/s)")
             log.line("[engine] " + ", ".join(parts))
             self.save_checkpoint(log.checkpoint_path)
@@ -308,26 +325,24 @@ class Engine:
             _close_owned(loader, data)
 
     def _evaluate(self, loader):
+        """Add the model's per-minibatch metric sums on the device (one host transfer at the
+        end), then let the model turn them into metrics (mean loss, accuracy, P@k, ...)."""
         xp = self.backend.xp
-        out = self.model.output
-        total = xp.zeros((), dtype=numpy.float64)
-        count = xp.zeros((), dtype=numpy.int64)
+        sums = {}
         t0 = time.perf_counter()
         for x, y in loader.iter_from(0, 0):
-            if out.has_likelihood:
-                total -= self.model.log_prob(x, y).astype(numpy.float64).sum()
-                count += (y >= 0).sum() if y.ndim == 1 else y.shape[0]
-            else:
-                total += self.model.loss(x, y).astype(numpy.float64) * y.shape[0]
-                count += y.shape[0]
-        n = int(count)
+            for key, value in self.model.eval_sums(x, y).items():
+                value = xp.asarray(value, dtype=numpy.float64)
+                sums[key] = sums[key] + value if key in sums else value
+        host = {key: float(value) for key, value in sums.items()}
+        n = int(round(host.get("count", 0)))
         if n == 0:
             raise ValueError("evaluate: the data holds no example")
-        loss = float(total) / n
-        result = {"loss": loss, "examples": n, "seconds": time.perf_counter() - t0,
-                  "device": self.backend.device}
-        if out.has_likelihood:
-            result["perplexity"] = math.exp(min(loss, 700))
+        result = dict(self.model.eval_finish(host))
+        result.update({"examples": n, "seconds": time.perf_counter() - t0,
+                       "device": self.backend.device})
+        if self.model.reports_perplexity and self.model.output.has_likelihood:
+            result["perplexity"] = math.exp(min(result["loss"], 700))
         return result
 
     def predict_topk(self, x, k=1):

@@ -131,3 +131,22 @@ class OutputLayer(Layer):
 
     def predict_topk(self, h, k: int):
         raise NotImplementedError
+
+    # -- evaluation sums ------------------------------------------------------------
+    def eval_sums(self, h, targets) -> Dict[str, Any]:
+        """Sums over one minibatch, as 0-d device arrays (no host sync): "count" (examples
+        counted) and "loss" (summed loss; summed -log p(target) when `has_likelihood`).
+        Classification outputs add their metric sums (e.g. "p@1"); `Engine.evaluate` adds the
+        sums of every minibatch and calls `eval_finish` once."""
+        if self.has_likelihood:
+            logp = self.log_prob(h, targets)
+            count = (targets >= 0).sum() if targets.ndim == 1 else targets.shape[0]
+            return {"count": count, "loss": -logp.astype(numpy.float64).sum()}
+        rows = targets.shape[0]
+        return {"count": rows, "loss": self.forward(h, targets, train=False).astype(numpy.float64) * rows}
+
+    def eval_finish(self, sums: Dict[str, float]) -> Dict[str, float]:
+        """Host sums of the whole split -> metrics: every key but "count" divided by the count
+        ("loss" becomes the mean loss). Override to rename or normalise differently."""
+        n = sums["count"]
+        return {key: value / n for key, value in sums.items() if key != "count"}

@@ -14,6 +14,8 @@ import numpy
 
 class Model:
     kind = "model"
+    #: Whether evaluation reports perplexity (exp of the mean loss) when the output is a likelihood.
+    reports_perplexity = True
 
     def __init__(self):
         self.layers = []
@@ -62,6 +64,24 @@ class Model:
     def log_prob(self, x, targets):
         self.check_inputs(x, targets)
         return self.output.log_prob(self.hidden_forward(x, False), targets)
+
+    def eval_sums(self, x, targets):
+        """Metric sums of one minibatch (see OutputLayer.eval_sums), on the device."""
+        self.check_inputs(x, targets)
+        return self.output.eval_sums(self.hidden_forward(x, False), targets)
+
+    def eval_finish(self, sums):
+        """Host sums of a whole split -> metrics (see OutputLayer.eval_finish)."""
+        return self.output.eval_finish(sums)
+
+    def after_step(self, step: int, optimizer):
+        """Called by the engine after every update (`step` = updates so far): layers with an
+        `after_step(step, optimizer, key_prefix)` hook (dynamic rewiring) run it; key_prefix is
+        the prefix of that layer's optimizer keys (see param_items)."""
+        for i, layer in enumerate(self.layers):
+            hook = getattr(layer, "after_step", None)
+            if hook is not None:
+                hook(step, optimizer, f"{i}.{type(layer).__name__}.")
 
     def loss(self, x, targets):
         """Mean loss without caching anything for backward."""

@@ -171,6 +171,19 @@ class Optimizer:
                              f"{tuple(buf.shape)} but the param has {tuple(param.shape)}")
         return buf
 
+    def reset_slots(self, key, index, flat: bool = False):
+        """Zero every state slot (momentum, Adam moments) of parameter `key` at rows `index`
+        (flat=False) or at flat element positions of the buffer (flat=True), e.g. the weights
+        regrown by dynamic rewiring. Slots not created yet are left alone."""
+        for slot in self.slots:
+            buf = self.state[slot].get(key)
+            if buf is None:
+                continue
+            if flat:
+                buf.reshape(-1)[index] = 0
+            else:
+                buf[index] = 0
+
     # ----------------------------------------------------------------- state
     def state_dict(self) -> Dict[str, Any]:
         """Host copies of every buffer ("<slot>/<key>"), the step count, the schedule state

@@ -1,0 +1,159 @@
+"""Feed-forward classifier: dense or sparse (bag-of-words) input -> hidden layers -> output.
+
+    x (B, F) dense float, or a CSR minibatch (scipy.sparse / cupyx.scipy.sparse) when sparse_input
+    -> [Linear (SparseLinear for CSR input) -> activation -> dropout] x len(hidden)
+    -> [Linear -> ReLU]  when `intermediate` (the XMC intermediate layer)
+    -> output layer over the C classes, chosen by name: "softmax" (one label per example,
+       targets (B,) int, -1 = ignored), or a multi-label output ("squared-hinge", "bce"; targets
+       (B, K) int padded with -1), whose weights may be dense or fixed fan-in.
+
+meProp (PAPERS.md section 3): `meprop={"k": 30, "mode": "per-example"|"unified"|"random",
+"seed": 0, "output": False}` is passed to every hidden Linear (their output gradients keep k
+entries per example); "output": True also hands it to the output layer, when that layer
+supports it. The sparse input layer has no input gradient, so backward stops there.
+
+Evaluation: the output's metric sums, plus "accuracy" (top-1) for single-label targets;
+`reports_perplexity` is False (a classifier's mean loss is reported as is).
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy
+
+from ..layers import Dropout, Linear, make_activation
+from ..outputs import make_output
+from .base import Model
+
+
+def _is_sparse(x):
+    """A CSR minibatch (scipy or cupyx) rather than a dense array."""
+    return hasattr(x, "indptr") and hasattr(x, "indices")
+
+
+class MLPClassifier(Model):
+    kind = "mlp-classifier"
+    reports_perplexity = False
+
+    def __init__(self, num_features: int, num_classes: int, hidden: Sequence[int] = (500, 500),
+                 activation: str = "relu", dropout: float = 0.0, sparse_input: bool = False,
+                 intermediate: int | None = None, output: str = "softmax",
+                 output_kwargs: dict | None = None, meprop: dict | None = None):
+        super().__init__()
+        if num_features < 1 or num_classes < 2:
+            raise ValueError(f"MLPClassifier: need num_features >= 1 and num_classes >= 2, got "
+                             f"{num_features} and {num_classes}")
+        if sparse_input and not hidden and not intermediate:
+            raise ValueError("MLPClassifier: sparse input needs a hidden or intermediate layer "
+                             "(the output layers take a dense h)")
+        self.num_features, self.num_classes = int(num_features), int(num_classes)
+        self.hidden = tuple(int(h) for h in hidden)
+        self.activation, self.dropout = activation, float(dropout)
+        self.sparse_input = bool(sparse_input)
+        self.intermediate = None if not intermediate else int(intermediate)
+        self.output_name, self.output_kwargs = output, dict(output_kwargs or {})
+        self.meprop = None if meprop is None else dict(meprop)
+        layer_kw = {"meprop": self.meprop} if self.meprop else {}
+
+        self.body = []
+        widths = list(self.hidden) + ([self.intermediate] if self.intermediate else [])
+        activations = [activation] * len(self.hidden) + (["relu"] if self.intermediate else [])
+        width = self.num_features
+        for i, (w, act) in enumerate(zip(widths, activations)):
+            if i == 0 and self.sparse_input:
+                from ..layers.sparse_linear import SparseLinear
+                self.body.append(SparseLinear(width, w))
+            else:
+                self.body.append(Linear(width, w, **layer_kw))
+            self.body.append(make_activation(act))
+            if self.dropout > 0:
+                self.body.append(Dropout(self.dropout))
+            width = w
+        out_kw = dict(self.output_kwargs)
+        if self.meprop and self.meprop.get("output"):
+            out_kw.setdefault("meprop", self.meprop)
+        self.output = make_output(output, width, self.num_classes, **out_kw)
+        self.layers = self.body + [self.output]
+
+    # -- inputs ---------------------------------------------------------------------
+    def check_inputs(self, x, targets=None):
+        sparse = _is_sparse(x)
+        if sparse != self.sparse_input:
+            raise TypeError(f"{self.kind}: expected a {'CSR' if self.sparse_input else 'dense'} "
+                            f"input minibatch, got {'CSR' if sparse else 'dense'}")
+        if len(x.shape) != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"{self.kind}: expected input (B, {self.num_features}), "
+                             f"got {tuple(x.shape)}")
+        if not sparse and x.dtype.kind != "f":
+            raise TypeError(f"{self.kind}: input features must be floating point, got {x.dtype}")
+        if targets is not None and targets.shape[0] != x.shape[0]:
+            raise ValueError(f"{self.kind}: {x.shape[0]} inputs but {targets.shape[0]} targets")
+
+    def validate_data(self, x, y, name="data"):
+        """Check host arrays once before training on them: shapes, finite features, and every
+        label in [0, C) (or -1 padding)."""
+        y = numpy.asarray(y)
+        if x.shape[0] != y.shape[0]:
+            raise ValueError(f"{name}: {x.shape[0]} inputs but {y.shape[0]} targets")
+        if len(x.shape) != 2 or x.shape[1] != self.num_features:
+            raise ValueError(f"{name}: inputs must be (N, {self.num_features}), got {tuple(x.shape)}")
+        values = x.data if _is_sparse(x) else numpy.asarray(x)
+        if not numpy.all(numpy.isfinite(values)):
+            raise ValueError(f"{name}: inputs hold NaN or inf")
+        if y.dtype.kind not in "iu":
+            raise TypeError(f"{name}: labels must be integers, got {y.dtype}")
+        bad = numpy.flatnonzero((y.reshape(-1) < -1) | (y.reshape(-1) >= self.num_classes))
+        if bad.size:
+            pos = numpy.unravel_index(bad[0], y.shape)
+            raise ValueError(f"{name}: label {y[pos]} at position {tuple(int(i) for i in pos)} is "
+                             f"outside [0, {self.num_classes})")
+
+    def check_dataset(self, info: dict, path: str = "the dataset"):
+        """The sizes a classification file declares (registry describe()) must fit the model."""
+        for key, mine in (("num_features", self.num_features), ("num_classes", self.num_classes)):
+            if int(info[key]) != mine:
+                raise ValueError(f"{path}: {key} is {info[key]} but the model has {mine}")
+        if bool(info.get("sparse", False)) != self.sparse_input:
+            raise ValueError(f"{path}: {'sparse' if info.get('sparse') else 'dense'} features but "
+                             f"the model takes {'sparse' if self.sparse_input else 'dense'} input")
+
+    # -- computation ------------------------------------------------------------------
+    def hidden_forward(self, x, train):
+        h = x
+        for layer in self.body:
+            h = layer.forward(h, train)
+        return h
+
+    def hidden_backward(self, dh):
+        for layer in reversed(self.body):
+            dh = layer.backward(dh)
+            if dh is None:          # the sparse input layer: no gradient for the input
+                break
+
+    # -- evaluation -----------------------------------------------------------------------
+    def eval_sums(self, x, targets):
+        self.check_inputs(x, targets)
+        h = self.hidden_forward(x, False)
+        sums = dict(self.output.eval_sums(h, targets))
+        if targets.ndim == 1 and "correct" not in sums:     # single label: top-1 accuracy
+            top, _ = self.output.predict_topk(h, 1)
+            sums["correct"] = ((top[:, 0] == targets) & (targets >= 0)).sum()
+        return sums
+
+    def eval_finish(self, sums):
+        sums = dict(sums)
+        correct = sums.pop("correct", None)
+        metrics = self.output.eval_finish(sums)
+        if correct is not None:
+            metrics["accuracy"] = correct / sums["count"]
+        return metrics
+
+    def config(self):
+        out_kw = self.output_kwargs
+        if hasattr(self.output, "rebuild_kwargs") and self.output.backend is not None:
+            out_kw = self.output.rebuild_kwargs()
+        return {"num_features": self.num_features, "num_classes": self.num_classes,
+                "hidden": list(self.hidden), "activation": self.activation,
+                "dropout": self.dropout, "sparse_input": self.sparse_input,
+                "intermediate": self.intermediate, "output": self.output_name,
+                "output_kwargs": out_kw, "meprop": self.meprop}
