@@ -158,6 +158,30 @@ def monitors(st, xp):
     return out
 
 
+def probe_monitors(st, xp, rng, probes=4):
+    """Cheap monitors for large D: ||U U^{-1} - I|| exactly (O(d^3)), and the error of Q seen
+    through `probes` random directions Z (d, p): ||Z^T Q Z - (W Z)^T (W Z)|| / ||(W Z)^T (W Z)||
+    with W Z = V (U Z) + 1 (a^T Z), O(D d p) instead of the O(D d^2) of `monitors`. A drift of
+    Q shows in Z^T (Q - W^T W) Z for almost every Z; a flagged probe leads to the exact
+    recomputation anyway. wbar is checked exactly (O(D d)). Floats (host sync)."""
+    U = st["U"]
+    d = U.shape[0]
+    Z = xp.asarray(rng.standard_normal((d, probes)), dtype=U.dtype)
+    WZ = st["V"] @ (U @ Z)
+    if "a" in st:
+        WZ += st["a"] @ Z
+    exact = WZ.T @ WZ
+    est = Z.T @ st["Q"] @ Z
+    out = {"q_rel_err": float(xp.linalg.norm(est - exact) / max(float(xp.linalg.norm(exact)), 1e-300)),
+           "inv_err": float(xp.linalg.norm(U @ st["Uinv_T"].T - xp.eye(d, dtype=U.dtype))),
+           "q_check": "probe"}
+    if "wbar" in st:
+        wb = exact_wbar(st, xp)
+        out["wbar_rel_err"] = float(xp.linalg.norm(wb - st["wbar"]) /
+                                    max(float(xp.linalg.norm(wb)), 1e-300))
+    return out
+
+
 def exact_wbar(st, xp):
     return st["V"].sum(axis=0) @ st["U"] + st["V"].shape[0] * st["a"]
 

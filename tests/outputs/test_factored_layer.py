@@ -131,3 +131,24 @@ def test_whole_steps_match_numpy(backend, loss):
     dev = _trained(loss, backend=backend, steps=15, deterministic=True)
     for k, v in ref.state_dict().items():
         numpy.testing.assert_allclose(dev.state_dict()[k], v, rtol=1e-9, atol=1e-11, err_msg=k)
+
+
+def test_probe_monitor_flags_a_corrupted_q_and_the_fix_restores_it():
+    """The default cheap Q monitor (random probes, O(D d p)) sees a drift of Q that the exact
+    monitor sees, and run_checks then recomputes Q exactly."""
+    from engine.backend import Backend
+    from engine.outputs import make_output
+    layer = make_output("factored-squared", 8, 300, check_every=0).bind(
+        Backend(), numpy.random.default_rng(0), numpy.float64)
+    clean = layer.run_checks()
+    assert clean["q_check"] == "probe" and clean["q_rel_err"] < 1e-12
+    layer.params["Q"][2, 5] += 1e-3 * float(numpy.abs(layer.params["Q"]).max())
+    layer.params["Q"][5, 2] = layer.params["Q"][2, 5]
+    exact = layer.run_checks(exact=True)
+    assert exact["q_rel_err"] > 1e-6            # exact monitor sees it (and fixes it)
+    layer.params["Q"][2, 5] *= 1.01
+    layer.params["Q"][5, 2] = layer.params["Q"][2, 5]
+    probe = layer.run_checks()
+    assert probe["q_rel_err"] > 1e-8            # the probe sees it too ...
+    assert any(e[1] == "recomputed Q" for e in layer.events)
+    assert layer.run_checks(exact=True)["q_rel_err"] < 1e-12   # ... and Q was recomputed
