@@ -13,7 +13,7 @@ check_ok (the first step of both layers from the same W agree: loss and dh withi
 The factored timing is one step with the layer's defaults except the periodic monitors
 (check_every=0 while timing; their cost is measured apart: `monitor_ms` for the default probe
 monitor, O(D d p), and `monitor_exact_ms` for the exact one, O(D d^2); `amortised_factored_ms`
-adds the probe's cost spread over the default check_every = 100 steps) and,
+adds the probe's cost spread over the default cadence, `default_check_every(D, d, B)`) and,
 on the GPU, the learning-rate guard (lr_guard=False: it needs a host synchronisation; on the CPU
 it stays on, a Cholesky of a B x B matrix). On the CPU both steps run with the same number of
 BLAS threads (--threads, default 1). Rows that do not fit in memory (naive W + dW +
@@ -24,7 +24,6 @@ launches; see the README of the factored layer.
 """
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 
@@ -35,7 +34,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _bench_common as bc  # noqa: E402
 from engine.outputs import make_output  # noqa: E402
-from engine.outputs.factored import FactoredOutput  # noqa: E402
+from engine.outputs.factored import default_check_every  # noqa: E402
 
 DTYPE = numpy.float32
 LR = 1e-3
@@ -85,8 +84,6 @@ def step_bytes(B, D, d):
     return int(1.2 * 4 * (3 * D * d + 2 * B * D))
 
 
-#: the layer's default monitor cadence (its monitors are off while timing, then timed apart)
-DEFAULT_CHECK_EVERY = inspect.signature(FactoredOutput.__init__).parameters["check_every"].default
 
 
 def make_layers(backend, B, D, d, loss, device, seed):
@@ -149,8 +146,8 @@ def run_config(B, D, d, args, backend, device):
     tx = bc.time_fn(lambda: fact.run_checks(exact=True), backend, repeats=1, warmup=0)
     row.update(naive_ms=tn.median_ms, factored_ms=tf.median_ms, speedup=tn.median_ms / tf.median_ms,
                monitor_ms=tm.median_ms, monitor_exact_ms=tx.median_ms,
-               check_every=DEFAULT_CHECK_EVERY,
-               amortised_factored_ms=tf.median_ms + tm.median_ms / DEFAULT_CHECK_EVERY)
+               check_every=default_check_every(D, d, B),
+               amortised_factored_ms=tf.median_ms + tm.median_ms / default_check_every(D, d, B))
     print(f"[bench] D={D} d={d} B={B}: naive {tn.median_ms:.2f} ms, factored {tf.median_ms:.3f} ms, "
           f"speedup {row['speedup']:.1f} (theory {row['theory']:.1f}), check "
           f"{'ok' if row['check_ok'] else 'FAILED'}", flush=True)

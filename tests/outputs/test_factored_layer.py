@@ -152,3 +152,10 @@ def test_probe_monitor_flags_a_corrupted_q_and_the_fix_restores_it():
     assert probe["q_rel_err"] > 1e-8            # the probe sees it too ...
     assert any(e[1] == "recomputed Q" for e in layer.events)
     assert layer.run_checks(exact=True)["q_rel_err"] < 1e-12   # ... and Q was recomputed
+
+
+def test_default_check_every_grows_with_d_over_bd():
+    from engine.outputs.factored import default_check_every
+    assert default_check_every(1000, 16, 8) == 235          # 30 * 1000 / 128 = 234.4
+    assert default_check_every(500, 64, 128) == 100         # small D: every 100 updates
+    assert default_check_every(793471, 300, 128) == 620
