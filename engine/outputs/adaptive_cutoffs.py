@@ -273,12 +273,23 @@ def brute_force_cutoffs(probs, model, batch, J, cands, min_head=1):
     return best
 
 
+def coverage_head(counts, coverage):
+    """The fewest most-frequent words whose counts make up `coverage` of all tokens (0 -> 1)."""
+    counts = numpy.asarray(counts, dtype=numpy.float64)
+    if not coverage > 0:
+        return 1
+    share = numpy.cumsum(counts) / max(counts.sum(), 1e-300)
+    return int(min(numpy.searchsorted(share, min(float(coverage), 1.0) - 1e-12) + 1, counts.size))
+
+
 def choose_cutoffs(counts, d, backend=None, dtype="float32", batch=256, div_value=4.0,
-                   max_clusters=4, model=None, n_candidates=96, min_head=1, verbose=True):
+                   max_clusters=4, model=None, n_candidates=96, min_head=1, head_coverage=0.0,
+                   verbose=True):
     """Choose J and the cutoffs minimising the predicted step time, the head holding at least
-    `min_head` words (the cost model optimises speed only; a floor on the head keeps the most
-    frequent words out of reduced-capacity tails). Returns a dict: cutoffs,
-    predicted_ms, full_ms (J = 0, the exact softmax), per_J [(J, ms, cutoffs)]."""
+    `min_head` words and at least the words that cover `head_coverage` of the tokens (the cost
+    model optimises speed only; a floor on the head keeps the most frequent words out of
+    reduced-capacity tails). Returns a dict: cutoffs, predicted_ms, full_ms (J = 0, the exact
+    softmax), per_J [(J, ms, cutoffs)], min_head (the floor used)."""
     counts = numpy.asarray(counts, dtype=numpy.float64)
     if counts.ndim != 1 or counts.size < 2 or not numpy.all(numpy.isfinite(counts)) or counts.min() < 0:
         raise ValueError("adaptive auto cutoffs: counts must be (D,) finite and >= 0, D >= 2")
@@ -292,7 +303,10 @@ def choose_cutoffs(counts, d, backend=None, dtype="float32", batch=256, div_valu
             backend = get_backend("cpu")
         model = CostModel(measure_cost_model(backend, dtype, batch, d, div_value, max_clusters,
                                              vocab=D, verbose=verbose))
+    min_head = max(int(min_head), coverage_head(counts, head_coverage))
     cands = candidate_positions(D, n_candidates)
+    if min_head > 1:                            # the floor itself is a candidate split point
+        cands = numpy.unique(numpy.append(cands, min(min_head, D - 1)))
     per_J = []
     for J in range(0, int(max_clusters) + 1):
         if J and len(cands) - 1 < J:
@@ -302,8 +316,10 @@ def choose_cutoffs(counts, d, backend=None, dtype="float32", batch=256, div_valu
             per_J.append((J, cost * 1e3, cut))
     J, ms, cut = min(per_J, key=lambda r: r[1])
     report = {"cutoffs": cut, "predicted_ms": ms, "full_ms": per_J[0][1], "per_J": per_J,
-              "batch": int(batch), "d": int(d), "vocab": D}
+              "batch": int(batch), "d": int(d), "vocab": D, "min_head": min_head}
     if verbose:
-        print(f"[adaptive] auto cutoffs for D={D:,}, d={d}, B={batch}: {cut} ({J} tail clusters), "
-              f"predicted {ms:.2f} ms per step (exact softmax {per_J[0][1]:.2f} ms)")
+        floor = (f", head >= {min_head} words" + (f" ({head_coverage:.0%} of the tokens)"
+                                                   if head_coverage > 0 else "")) if min_head > 1 else ""
+        print(f"[adaptive] auto cutoffs for D={D:,}, d={d}, B={batch}{floor}: {cut} ({J} tail "
+              f"clusters), predicted {ms:.2f} ms per step (exact softmax {per_J[0][1]:.2f} ms)")
     return report

@@ -96,3 +96,23 @@ def test_layer_auto_cutoffs_from_counts_and_config(tmp_path, monkeypatch, capsys
     assert "counts" not in out.config()
     assert "auto cutoffs" in capsys.readouterr().out
     assert out.auto_report["predicted_ms"] <= out.auto_report["full_ms"]
+
+
+def test_coverage_head_and_floor():
+    counts = numpy.array([50, 20, 10, 10, 5, 5], dtype=float)      # shares .5 .7 .8 .9 .95 1
+    assert ac.coverage_head(counts, 0.0) == 1
+    assert ac.coverage_head(counts, 0.5) == 1
+    assert ac.coverage_head(counts, 0.8) == 3
+    assert ac.coverage_head(counts, 1.0) == 6
+
+
+def test_choose_cutoffs_respects_head_coverage():
+    D = 5000
+    counts = 1e6 / numpy.arange(1, D + 1)
+    model = AffineModel()
+    free = ac.choose_cutoffs(counts, 64, model=model, batch=256, verbose=False)
+    floor = ac.coverage_head(counts, 0.8)
+    kept = ac.choose_cutoffs(counts, 64, model=model, batch=256, head_coverage=0.8, verbose=False)
+    assert kept["min_head"] == floor
+    assert (kept["cutoffs"][0] if kept["cutoffs"] else D) >= floor
+    assert kept["predicted_ms"] >= free["predicted_ms"] - 1e-12   # a constraint never helps speed
