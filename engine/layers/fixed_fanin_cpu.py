@@ -1,0 +1,172 @@
+"""Fixed fan-in (FFI) layer primitives: the NumPy reference and the numba CPU loops.
+
+Shapes: B batch, L labels (outputs), K fan-in, I inputs; idx (L, K) int32, w (L, K), bias (L,).
+
+    forward        y[b, l]  = sum_k w[l, k] x[b, idx[l, k]] + bias[l]            (B, L)
+    grad_weights   dw[l, k] = sum_b dy[b, l] x[b, idx[l, k]]                      (L, K)
+    grad_input     dx[b, i] = sum over (l, k) with idx[l, k] = i of w[l, k] dy[b, l]  (B, I)
+
+`reference_*` are the specification, written with the backend's array module (`xp`, NumPy or
+CuPy) one fan-in column at a time, so they need O(B L) scratch and never a (B, L, K) array; the
+GPU tests compare the kernels of rawkernels/ffi.cu with them.
+
+The numba loops (`forward`, `backward`) are what the layer runs on the CPU. They read the input
+transposed, xt (I, B) C-contiguous (made once per forward and kept for backward), so a gathered
+input column x[:, i] is B adjacent numbers. Measured on the 2-core test machine at the
+Amazon-670K shape (tools/bench_ffi.py): label-parallel `prange` loops for the forward and the
+weight gradient; the input gradient is a scatter over the indices and runs sequentially over the
+labels, so its sums are in one fixed order (deterministic by construction, no private copies of
+dx per thread). Rows of dy that are all zero (the squared hinge gives many) are skipped when
+`skip_zero` is set: their dw row is 0 and they scatter nothing.
+"""
+from __future__ import annotations
+
+import numpy
+
+try:  # numba is a declared dependency; without it the NumPy reference runs instead
+    import numba
+except Exception:  # pragma: no cover - exercised only where numba cannot be imported
+    numba = None
+
+#: Labels per parallel work item (amortises numba's per-item cost and the scratch vector).
+CHUNK = 256
+
+
+# ------------------------------------------------------------------ NumPy reference
+def reference_forward(xp, x_bi, idx_lk, w_lk, bias_l=None):
+    """y (B, L) = sum_k w[:, k] * x[:, idx[:, k]] (+ bias)."""
+    B, L = x_bi.shape[0], idx_lk.shape[0]
+    y = xp.zeros((B, L), dtype=w_lk.dtype)
+    for k in range(idx_lk.shape[1]):
+        y += x_bi[:, idx_lk[:, k]] * w_lk[:, k]
+    if bias_l is not None:
+        y += bias_l
+    return y
+
+
+def reference_grad_weights(xp, dy_bl, x_bi, idx_lk):
+    """dw (L, K): dw[l, k] = sum_b dy[b, l] x[b, idx[l, k]]."""
+    L, K = idx_lk.shape
+    dw = xp.empty((L, K), dtype=dy_bl.dtype)
+    for k in range(K):
+        dw[:, k] = (dy_bl * x_bi[:, idx_lk[:, k]]).sum(axis=0)
+    return dw
+
+
+def reference_grad_input(xp, dy_bl, idx_lk, w_lk, in_features):
+    """dx (B, I): every slot (l, k) adds w[l, k] dy[:, l] to column idx[l, k] (duplicates add)."""
+    B = dy_bl.shape[0]
+    dxt = xp.zeros((in_features, B), dtype=dy_bl.dtype)
+    for k in range(idx_lk.shape[1]):
+        contrib = (dy_bl * w_lk[:, k]).T                  # (L, B)
+        if xp is numpy:
+            numpy.add.at(dxt, idx_lk[:, k], contrib)
+        else:  # CuPy: scatter_add accumulates duplicates (atomics)
+            import cupyx
+            cupyx.scatter_add(dxt, idx_lk[:, k], contrib)
+    return xp.ascontiguousarray(dxt.T)
+
+
+# ------------------------------------------------------------------ numba loops
+if numba is not None:
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _forward(y_bl, xt_ib, idx_lk, w_lk, bias_l, has_bias):
+        B = xt_ib.shape[1]
+        L, K = idx_lk.shape
+        n_chunks = (L + CHUNK - 1) // CHUNK
+        for c in numba.prange(n_chunks):
+            acc = numpy.empty(B, dtype=y_bl.dtype)
+            for l in range(c * CHUNK, min(L, (c + 1) * CHUNK)):
+                for b in range(B):
+                    acc[b] = 0
+                for k in range(K):
+                    i = idx_lk[l, k]
+                    wv = w_lk[l, k]
+                    for b in range(B):
+                        acc[b] += wv * xt_ib[i, b]
+                if has_bias:
+                    for b in range(B):
+                        y_bl[b, l] = acc[b] + bias_l[l]
+                else:
+                    for b in range(B):
+                        y_bl[b, l] = acc[b]
+
+    # reassoc lets LLVM vectorise the dot product over the batch (a float reduction); the
+    # order is then fixed by the vector width: the same on every run on one machine
+    @numba.njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc"})
+    def _grad_weights(dw_lk, dy_bl, xt_ib, idx_lk, skip_zero, zero):
+        B = xt_ib.shape[1]
+        L, K = idx_lk.shape
+        n_chunks = (L + CHUNK - 1) // CHUNK
+        for c in numba.prange(n_chunks):
+            d = numpy.empty(B, dtype=dw_lk.dtype)
+            for l in range(c * CHUNK, min(L, (c + 1) * CHUNK)):
+                nonzero = False
+                for b in range(B):
+                    d[b] = dy_bl[b, l]
+                    if d[b] != 0:
+                        nonzero = True
+                if skip_zero and not nonzero:
+                    for k in range(K):
+                        dw_lk[l, k] = 0
+                    continue
+                for k in range(K):
+                    i = idx_lk[l, k]
+                    acc = zero                    # a scalar of the array's dtype
+                    for b in range(B):
+                        acc += d[b] * xt_ib[i, b]
+                    dw_lk[l, k] = acc
+
+    @numba.njit(cache=True, nogil=True)
+    def _grad_input(dxt_ib, dy_bl, idx_lk, w_lk, skip_zero):
+        B = dxt_ib.shape[1]
+        L, K = idx_lk.shape
+        d = numpy.empty(B, dtype=dxt_ib.dtype)
+        for l in range(L):
+            nonzero = False
+            for b in range(B):
+                d[b] = dy_bl[b, l]
+                if d[b] != 0:
+                    nonzero = True
+            if skip_zero and not nonzero:
+                continue
+            for k in range(K):
+                i = idx_lk[l, k]
+                wv = w_lk[l, k]
+                for b in range(B):
+                    dxt_ib[i, b] += wv * d[b]
+
+
+def transpose_input(x_bi):
+    """xt (I, B) C-contiguous: the layout every loop and kernel gathers from."""
+    return numpy.ascontiguousarray(x_bi.T)
+
+
+def forward(xt_ib, idx_lk, w_lk, bias_l=None):
+    """y (B, L) from the transposed input (numba; the NumPy reference without numba)."""
+    if numba is None:  # pragma: no cover
+        return reference_forward(numpy, numpy.ascontiguousarray(xt_ib.T), idx_lk, w_lk, bias_l)
+    B, L = xt_ib.shape[1], idx_lk.shape[0]
+    y = numpy.empty((B, L), dtype=w_lk.dtype)
+    bias = bias_l if bias_l is not None else numpy.zeros(1, dtype=w_lk.dtype)
+    _forward(y, xt_ib, idx_lk, w_lk, bias, bias_l is not None)
+    return y
+
+
+def backward(dy_bl, xt_ib, idx_lk, w_lk, skip_zero=True, need_input_grad=True):
+    """(dw (L, K), dx (B, I) or None) from dy (B, L) and the transposed input (numba)."""
+    dy_bl = numpy.ascontiguousarray(dy_bl, dtype=w_lk.dtype)
+    if numba is None:  # pragma: no cover
+        x = numpy.ascontiguousarray(xt_ib.T)
+        dw = reference_grad_weights(numpy, dy_bl, x, idx_lk)
+        dx = (reference_grad_input(numpy, dy_bl, idx_lk, w_lk, xt_ib.shape[0])
+              if need_input_grad else None)
+        return dw, dx
+    dw = numpy.empty(idx_lk.shape, dtype=w_lk.dtype)
+    _grad_weights(dw, dy_bl, xt_ib, idx_lk, bool(skip_zero), w_lk.dtype.type(0))
+    dx = None
+    if need_input_grad:
+        dxt = numpy.zeros(xt_ib.shape, dtype=w_lk.dtype)
+        _grad_input(dxt, dy_bl, idx_lk, w_lk, bool(skip_zero))
+        dx = numpy.ascontiguousarray(dxt.T)
+    return dw, dx
