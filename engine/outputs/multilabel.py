@@ -1,0 +1,381 @@
+"""Multi-label outputs for extreme classification: squared hinge (default) and BCE, over a dense
+or a fixed fan-in (FFI) weight layer (PAPERS.md section 4).
+
+Dimension letters: B examples, d input width (last hidden / intermediate layer), L labels,
+K positives per example, k fan-in of the FFI layer.
+
+    scores s = inner(h)    (B, L); inner = Linear(d, L) (W (L, d), b (L,)) with weights="dense",
+                           or FixedFanInLinear(d, L, fan_in) (weights (L, k), indices (L, k),
+                           bias (L,)) with weights="ffi"
+    targets (B, K) int padded with -1 (the positive labels; a (B,) array is one label per row);
+    y[b, l] = +1 for a positive, -1 otherwise.
+
+Losses, normalised as the mean over examples of the sum over labels (so a per-example loss is
+comparable across batch sizes; PAPERS.md's mean over all B x L entries differs by the constant
+factor L, which Adam's update ignores up to its epsilon):
+    "squared-hinge"  l_b = sum_l max(0, 1 - y s)^2;   dl/ds = -2 y max(0, 1 - y s)
+    "bce"            l_b = sum_l softplus(-y s)        (= -log sigmoid(y s), computed as
+                     max(z, 0) + log1p(exp(-|z|)) with z = -y s: no overflow for any s);
+                     dl/ds = sigmoid(s) - [y = +1]
+Backward hands dL/ds (B, L), scaled by 1/B, to the inner layer; many of its entries are exactly
+zero with the squared hinge (confidently right labels), which the FFI layer skips.
+
+The output owns its inner layer and exposes the inner's `params` and `grads` dicts as its own
+(the same dict objects), so the optimizer keys are "<i>.<OutputClass>.<name>" and checkpoints
+hold the inner's state (FFI indices included). `after_step(step, optimizer, key_prefix)` is
+forwarded to the inner (dynamic rewiring, which resets the optimizer slots under that prefix).
+
+Evaluation never forms B x L at once: scores come in blocks (label chunks of the dense W; row
+blocks of the FFI layer, which computes all labels of a row at once), each of at most
+`eval_block_elems` entries; the loss is summed and a running top-k kept per block
+(xmc_metrics.TopK). `eval_sums` returns count, loss, p@k, ndcg@k and, when the training label
+frequencies are known, psp@k (propensities of Jain et al. 2016; see xmc_metrics).
+Label frequencies: `label_counts` (a sequence of L counts, with `num_train`) or the path of an
+engine-xmc HDF5 file (its /label_counts and num_train attribute), or `set_label_frequencies`.
+"""
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any, Dict
+
+import numpy
+
+from ..data.errors import DataError
+from ..layers.base import OutputLayer
+from ..layers.linear import Linear
+from .xmc_metrics import DEFAULT_KS, TopK, finish_metrics, inverse_propensity, metric_sums
+
+#: Largest score block (entries) evaluation and prediction hold at once (16 Mi floats = 64 MiB;
+#: the loss and top-k of a block take a few temporaries of that size).
+EVAL_BLOCK_ELEMS = 1 << 24
+_FFI_KWARGS = ("method", "deterministic", "rewire_every", "rewire_fraction", "skip_zero_grads")
+
+
+def _read_label_frequencies(path):
+    from ..data.xmc import read_label_frequencies
+    return read_label_frequencies(path)
+
+
+def _optimizer_slots(optimizer) -> int:
+    """State buffers per parameter: None -> 0, "sgd" 0, "momentum" 1, "adam" 2, an int, or an
+    Optimizer (its `slots`)."""
+    if optimizer is None:
+        return 0
+    if isinstance(optimizer, (int, numpy.integer)):
+        return int(optimizer)
+    if isinstance(optimizer, str):
+        slots = {"adam": 2, "adamw": 2, "sgd": 0, "momentum": 1, "sgd-momentum": 1}
+        if optimizer.lower() not in slots:
+            raise ValueError(f"memory_report: unknown optimizer {optimizer!r} ({sorted(slots)})")
+        return slots[optimizer.lower()]
+    return len(getattr(optimizer, "slots", ()))
+
+
+class MultilabelOutput(OutputLayer):
+    """Base of the multi-label losses; subclasses define `name` and `_loss_grad`."""
+
+    name = "multilabel"
+    has_likelihood = False
+
+    def __init__(self, in_features: int, num_classes: int, weights: str = "dense",
+                 fan_in: int | None = None, bias: bool = True, seed: int = 0,
+                 label_counts=None, num_train: int | None = None, psp_a: float = 0.55,
+                 psp_b: float = 1.5, eval_block_elems: int = EVAL_BLOCK_ELEMS, **ffi_kwargs):
+        self.inner = None
+        super().__init__()
+        if in_features < 1 or num_classes < 1:
+            raise ValueError(f"{self.name}: sizes must be positive, got d={in_features}, "
+                             f"L={num_classes}")
+        if weights not in ("dense", "ffi"):
+            raise ValueError(f"{self.name}: weights must be 'dense' or 'ffi', got {weights!r}")
+        unknown = sorted(set(ffi_kwargs) - set(_FFI_KWARGS))
+        if unknown:
+            raise ValueError(f"{self.name}: unknown arguments {unknown}")
+        if weights == "dense" and ffi_kwargs:
+            raise ValueError(f"{self.name}: {sorted(ffi_kwargs)} apply to weights='ffi' only")
+        self.in_features, self.num_classes = int(in_features), int(num_classes)
+        self.weights, self.use_bias, self.seed = weights, bool(bias), int(seed)
+        self.ffi_kwargs = dict(ffi_kwargs)
+        self.psp_a, self.psp_b = float(psp_a), float(psp_b)
+        self.eval_block_elems = int(eval_block_elems)
+        if weights == "ffi":
+            if fan_in is None:
+                raise ValueError(f"{self.name}: weights='ffi' needs fan_in (connections per label)")
+            from ..layers.fixed_fanin import FixedFanInLinear
+            self.fan_in = int(fan_in)
+            self.inner = FixedFanInLinear(self.in_features, self.num_classes, self.fan_in,
+                                          bias=self.use_bias, seed=self.seed, **self.ffi_kwargs)
+        else:
+            if fan_in is not None:
+                raise ValueError(f"{self.name}: fan_in applies to weights='ffi' only")
+            self.fan_in = None
+            self.inner = Linear(self.in_features, self.num_classes, bias=self.use_bias)
+        self.label_counts_source = label_counts if isinstance(label_counts, (str, os.PathLike)) else None
+        self.label_counts = self.num_train = None
+        self._inv_prop = None
+        if self.label_counts_source is not None:
+            try:
+                label_counts, file_n = _read_label_frequencies(os.fspath(label_counts))
+                num_train = file_n if num_train is None else num_train
+            except DataError as exc:
+                # rebuilt from a checkpoint whose data file moved: its state holds the counts
+                warnings.warn(f"{self.name}: no label frequencies from {label_counts} ({exc}); "
+                              f"PSP@k needs set_label_frequencies or a checkpoint state")
+                label_counts = None
+        if label_counts is not None:
+            if num_train is None:
+                raise ValueError(f"{self.name}: label_counts given without num_train")
+            self.set_label_frequencies(label_counts, num_train)
+        self._cache = None
+
+    # -- the inner layer's parameters are this layer's -----------------------------------
+    @property
+    def params(self):
+        return self.inner.params if self.inner is not None else {}
+
+    @params.setter
+    def params(self, value):
+        if value:
+            raise AttributeError(f"{self.name}: params belong to the inner layer")
+
+    @property
+    def grads(self):
+        return self.inner.grads if self.inner is not None else {}
+
+    @grads.setter
+    def grads(self, value):
+        if self.inner is not None:
+            self.inner.grads = value
+
+    def bind(self, backend, rng, dtype):
+        self.backend, self.dtype = backend, numpy.dtype(dtype)
+        self.inner.layer_id = self.layer_id
+        self.inner.bind(backend, rng, dtype)
+        if self.label_counts is not None:
+            self._inv_prop = backend.asarray(inverse_propensity(
+                self.label_counts, self.num_train, self.psp_a, self.psp_b))
+        return self
+
+    def zero_grads(self):
+        self.inner.zero_grads()
+
+    def after_step(self, step, optimizer, key_prefix):
+        hook = getattr(self.inner, "after_step", None)
+        if hook is not None:
+            hook(step, optimizer, key_prefix)
+
+    def memory_report(self, optimizer=None, batch=None, dtype=None) -> Dict[str, int]:
+        """Bytes of the weight layer, with the FFI layer's keys and conventions (computable
+        before bind): the FFI layer's own report, or for dense weights W (L, d) and b (L,):
+        weights, bias, grads (same size), optimizer (slots x params; `optimizer` None, a name
+        such as "adam", or a slot count) and, with `batch`, activations B (2 d + 2 L) s
+        (the cached h, the scores and their gradient, dh)."""
+        report = getattr(self.inner, "memory_report", None)
+        if report is not None:
+            return report(optimizer=optimizer, batch=batch, dtype=dtype)
+        s = numpy.dtype(dtype if dtype is not None else (self.dtype or numpy.float32)).itemsize
+        L, d = self.num_classes, self.in_features
+        nb = L if self.use_bias else 0
+        slots = _optimizer_slots(optimizer)
+        out = {"weights": L * d * s, "bias": nb * s, "grads": (L * d + nb) * s,
+               "optimizer": slots * (L * d + nb) * s}
+        if batch is not None:
+            out["activations"] = int(batch) * (2 * d + 2 * L) * s
+        out["total"] = sum(out.values())
+        return {k: int(v) for k, v in out.items()}
+
+    # -- state ------------------------------------------------------------------------------
+    def state_dict(self):
+        state = dict(self.inner.state_dict())
+        if self.label_counts is not None:
+            state["label_counts"] = numpy.asarray(self.label_counts, dtype=numpy.int64)
+            state["num_train"] = numpy.asarray([self.num_train], dtype=numpy.int64)
+        return state
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict({k: v for k, v in state.items()
+                                    if k not in ("label_counts", "num_train")})
+        if "label_counts" in state:
+            self.set_label_frequencies(numpy.asarray(state["label_counts"]),
+                                       int(numpy.asarray(state["num_train"]).reshape(-1)[0]))
+
+    def set_label_frequencies(self, label_counts, num_train):
+        """Training counts of every label (L,) and the number of training points: enables PSP@k."""
+        counts = numpy.asarray(label_counts, dtype=numpy.int64).reshape(-1)
+        if counts.shape[0] != self.num_classes:
+            raise ValueError(f"{self.name}: {counts.shape[0]} label counts for "
+                             f"{self.num_classes} labels")
+        self.label_counts, self.num_train = counts, int(num_train)
+        inv = inverse_propensity(counts, self.num_train, self.psp_a, self.psp_b)
+        self._inv_prop = self.backend.asarray(inv) if self.backend is not None else None
+
+    def config(self) -> Dict[str, Any]:
+        cfg = {"in_features": self.in_features, "num_classes": self.num_classes,
+               "weights": self.weights, "fan_in": self.fan_in, "bias": self.use_bias,
+               "seed": self.seed, "psp_a": self.psp_a, "psp_b": self.psp_b,
+               "eval_block_elems": self.eval_block_elems, **self.ffi_kwargs}
+        if self.label_counts_source is not None:
+            cfg["label_counts"] = os.fspath(self.label_counts_source)
+        return cfg
+
+    # -- the loss ---------------------------------------------------------------------------
+    def _positives(self, targets, rows, start, stop):
+        """(R, C) bool: y = +1 at the targets of `rows` that fall in label columns [start, stop)."""
+        xp = self.backend.xp
+        t = targets[rows]
+        if t.ndim == 1:
+            t = t.reshape(-1, 1)
+        width = stop - start
+        local = t - start
+        inside = (t >= 0) & (local >= 0) & (local < width)
+        mask = xp.zeros((t.shape[0], width + 1), dtype=bool)   # column `width`: a sink for the rest
+        r = xp.broadcast_to(xp.arange(t.shape[0])[:, None], t.shape)
+        mask[r, xp.where(inside, local, width)] = True
+        return mask[:, :width]
+
+    def _check(self, h, targets):
+        if h.ndim != 2 or h.shape[1] != self.in_features:
+            raise ValueError(f"{self.name}: expected h (B, {self.in_features}), got {tuple(h.shape)}")
+        if targets.ndim not in (1, 2) or targets.shape[0] != h.shape[0]:
+            raise ValueError(f"{self.name}: targets must be (B,) or (B, K) with B = {h.shape[0]}, "
+                             f"got {tuple(targets.shape)}")
+        if self.backend.xp is numpy and targets.size and targets.max() >= self.num_classes:
+            raise ValueError(f"{self.name}: label id {int(targets.max())} outside [0, "
+                             f"{self.num_classes})")
+
+    def _loss_grad(self, s, y, want_grad):
+        """Per-entry loss (B, C) and, with want_grad, dl/ds (B, C) (may overwrite s)."""
+        raise NotImplementedError
+
+    def forward(self, h, targets, train=True):
+        """Mean over examples of the summed label losses (0-d device array)."""
+        self._check(h, targets)
+        rows = slice(None)
+        s = self.inner.forward(h, train)
+        y = self._positives(targets, rows, 0, self.num_classes)
+        loss, grad = self._loss_grad(s, y, want_grad=train)
+        scale = 1.0 / h.shape[0]
+        if train:
+            grad *= self.dtype.type(scale)
+            self._cache = grad
+        return loss.sum(dtype=numpy.float64).astype(self.dtype) * self.dtype.type(scale)
+
+    def backward(self, dy=None):
+        if self._cache is None:
+            raise RuntimeError(f"{self.name}.backward called without a forward(train=True)")
+        grad, self._cache = self._cache, None
+        return self.inner.backward(grad)
+
+    # -- evaluation without a B x L matrix ------------------------------------------------------
+    def _score_blocks(self, h):
+        """Yield (row slice, first label, scores (R, C)) covering all B x L scores, each block at
+        most `eval_block_elems` entries (label chunks for dense weights, row blocks for FFI)."""
+        B, L = h.shape[0], self.num_classes
+        if self.weights == "dense":
+            W = self.params["W"]
+            b = self.params.get("b")
+            c = max(1, min(L, self.eval_block_elems // max(B, 1)))
+            r = max(1, self.eval_block_elems // c)
+            for r0 in range(0, B, r):
+                hr = h[r0:r0 + r]
+                for c0 in range(0, L, c):
+                    s = hr @ W[c0:c0 + c].T
+                    if b is not None:
+                        s += b[c0:c0 + c]
+                    yield slice(r0, r0 + r), c0, s
+        else:
+            r = max(1, self.eval_block_elems // L)
+            for r0 in range(0, B, r):
+                yield slice(r0, r0 + r), 0, self.inner.forward(h[r0:r0 + r], False)
+
+    def _ranked(self, h, k, targets=None):
+        """Top-k ids/scores per row (best first) and, with targets, the summed loss."""
+        xp = self.backend.xp
+        k = int(min(k, self.num_classes))
+        ids, vals, loss = [], [], xp.zeros((), dtype=numpy.float64)
+        current, top = None, None
+        for rows, c0, s in self._score_blocks(h):
+            if targets is not None:
+                y = self._positives(targets, rows, c0, c0 + s.shape[1])
+                loss += self._loss_grad(s.copy(), y, want_grad=False)[0].sum(dtype=numpy.float64)
+            if rows != current:
+                if top is not None:
+                    i, v = top.result()
+                    ids.append(i)
+                    vals.append(v)
+                current, top = rows, TopK(xp, s.shape[0], k, s.dtype)
+            top.add(s, c0)
+        i, v = top.result()
+        ids.append(i)
+        vals.append(v)
+        return xp.concatenate(ids), xp.concatenate(vals), loss
+
+    def predict_topk(self, h, k: int):
+        """(ids (B, k) int64, scores (B, k)) best first, block by block (never B x L at once)."""
+        ids, vals, _ = self._ranked(h, k)
+        return ids, vals
+
+    def eval_sums(self, h, targets, ks=DEFAULT_KS):
+        self._check(h, targets)
+        t2 = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        ids, _, loss = self._ranked(h, max(ks), t2)
+        sums = {"count": self.backend.xp.asarray(float(h.shape[0])), "loss": loss}
+        sums.update(metric_sums(self.backend.xp, ids, t2, self._inv_prop, ks))
+        return sums
+
+    def eval_finish(self, sums):
+        return finish_metrics(sums)
+
+    def loss_per_example(self, h, targets):
+        """(B,) summed label loss of each example (no scaling), float64."""
+        self._check(h, targets)
+        t2 = targets.reshape(-1, 1) if targets.ndim == 1 else targets
+        xp = self.backend.xp
+        out = xp.zeros((h.shape[0],), dtype=numpy.float64)
+        for rows, c0, s in self._score_blocks(h):
+            y = self._positives(t2, rows, c0, c0 + s.shape[1])
+            out[rows] += self._loss_grad(s, y, want_grad=False)[0].sum(axis=1, dtype=numpy.float64)
+        return out
+
+    def log_prob(self, h, targets):
+        raise NotImplementedError(f"{self.name} defines no likelihood; use eval_sums or "
+                                  f"loss_per_example")
+
+
+class SquaredHingeOutput(MultilabelOutput):
+    """max(0, 1 - y s)^2 summed over labels, y in {-1, +1} (PAPERS.md section 4's default)."""
+
+    name = "squared-hinge"
+
+    def _loss_grad(self, s, y, want_grad):
+        xp = self.backend.xp
+        sign = xp.where(y, s.dtype.type(1), s.dtype.type(-1))
+        margin = s
+        margin *= -sign
+        margin += 1
+        xp.maximum(margin, 0, out=margin)                # m = max(0, 1 - y s), in place of s
+        loss = margin * margin
+        if not want_grad:
+            return loss, None
+        margin *= sign
+        margin *= -2                                     # dl/ds = -2 y m
+        return loss, margin
+
+
+class BCEOutput(MultilabelOutput):
+    """Binary cross-entropy on every label, softplus form (no overflow for large |s|)."""
+
+    name = "bce"
+
+    def _loss_grad(self, s, y, want_grad):
+        xp = self.backend.xp
+        z = xp.where(y, -s, s)                           # loss = softplus(z)
+        loss = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
+        if not want_grad:
+            return loss, None
+        # sigmoid(s) - y01, stably: sigmoid(s) = exp(min(s,0)) / (1 + exp(-|s|))
+        e = xp.exp(-xp.abs(s))
+        sig = xp.where(s >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(s.dtype)
+        sig -= y
+        return loss, sig

@@ -1,0 +1,315 @@
+"""Multi-label outputs (squared hinge, BCE) over dense or fixed fan-in weights: loss values
+against the formulas, float64 finite differences, blockwise evaluation equal to the whole
+computation, parameter aliasing for the optimizer and checkpoints, and the XMC classifier."""
+import numpy
+import pytest
+import scipy.sparse
+
+from devices import BACKEND_PARAMS, make_backend, to_host, tolerance
+from engine.backend import Backend
+from engine.models import MLPClassifier
+from engine.outputs import make_output
+from engine.outputs.xmc_metrics import inverse_propensity
+from gradcheck import check_model_gradients, check_output_gradients
+
+LOSSES = ["squared-hinge", "bce"]
+
+
+def bound(out, be=None, dtype=numpy.float64, seed=0):
+    return out.bind(be or Backend(), numpy.random.default_rng(seed), dtype)
+
+
+def data(rng, B=6, d=5, L=11, K=3):
+    h = rng.standard_normal((B, d))
+    t = numpy.full((B, K), -1, dtype=numpy.int64)
+    for b in range(B):
+        n = rng.integers(0, K + 1)
+        t[b, :n] = rng.choice(L, size=n, replace=False)
+    return h, t
+
+
+def reference_loss(name, s, t):
+    y = -numpy.ones_like(s)
+    for b, row in enumerate(t):
+        for l in row:
+            if l >= 0:
+                y[b, l] = 1.0
+    if name == "squared-hinge":
+        per = numpy.maximum(0.0, 1.0 - y * s) ** 2
+    else:
+        per = numpy.logaddexp(0.0, -y * s)
+    return per.sum(axis=1)
+
+
+def full_scores(out, h):
+    return h @ out.params["W"].T + out.params["b"]
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_loss_matches_formula(name):
+    rng = numpy.random.default_rng(0)
+    out = bound(make_output(name, 5, 11))
+    out.params["W"][...] = rng.standard_normal((11, 5))
+    out.params["b"][...] = rng.standard_normal(11)
+    h, t = data(rng)
+    ref = reference_loss(name, full_scores(out, h), t)
+    assert float(out.forward(h, t, train=False)) == pytest.approx(ref.mean(), rel=1e-12)
+    numpy.testing.assert_allclose(out.loss_per_example(h, t), ref, rtol=1e-12)
+    # (B,) targets: one label per row
+    t1 = t[:, 0].copy()
+    t1[t1 < 0] = 3
+    assert float(out.forward(h, t1, train=False)) == pytest.approx(
+        reference_loss(name, full_scores(out, h), t1[:, None]).mean(), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_finite_differences(name):
+    rng = numpy.random.default_rng(1)
+    out = bound(make_output(name, 5, 11))
+    out.params["W"][...] = rng.standard_normal((11, 5)) * 0.5
+    h, t = data(rng)
+    check_output_gradients(out, h, t)
+
+
+def test_squared_hinge_gradient_is_exactly_zero_where_satisfied():
+    out = bound(make_output("squared-hinge", 2, 3, bias=False))
+    out.params["W"][...] = [[10.0, 0.0], [-10.0, 0.0], [0.0, 0.0]]
+    h = numpy.array([[1.0, 0.0]])
+    out.forward(h, numpy.array([[0, -1]]), train=True)
+    g = out._cache
+    assert g[0, 0] == 0.0 and g[0, 1] == 0.0 and g[0, 2] != 0.0     # s=10 pos, s=-10 neg: zero
+
+
+def test_bce_is_finite_for_huge_scores():
+    out = bound(make_output("bce", 1, 2, bias=False), dtype=numpy.float32)
+    out.params["W"][...] = [[1000.0], [-1000.0]]
+    h = numpy.ones((1, 1), dtype=numpy.float32)
+    loss = out.forward(h, numpy.array([[1]]), train=True)    # both labels badly wrong
+    assert numpy.isfinite(float(loss)) and float(loss) == pytest.approx(2000.0, rel=1e-6)
+    dh = out.backward()
+    assert numpy.all(numpy.isfinite(dh))
+    numpy.testing.assert_allclose(out.grads["W"].ravel(), [1.0, -1.0], atol=1e-6)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_blockwise_eval_equals_whole(name):
+    rng = numpy.random.default_rng(2)
+    whole = bound(make_output(name, 5, 11))
+    tiny = bound(make_output(name, 5, 11, eval_block_elems=4))      # 1-column blocks
+    tiny.load_state_dict(whole.state_dict())
+    whole.set_label_frequencies(rng.integers(0, 9, size=11), 50)
+    tiny.set_label_frequencies(whole.label_counts, 50)
+    h, t = data(rng, B=9)
+    a, b = whole.eval_sums(h, t), tiny.eval_sums(h, t)
+    assert set(a) == set(b) and {"count", "loss", "p@1", "ndcg@5", "psp@3", "psp_best@3"} <= set(a)
+    for k in a:
+        assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-12, abs=1e-12), k
+    assert float(a["loss"]) == pytest.approx(reference_loss(name, full_scores(whole, h), t).sum())
+    ids, vals = tiny.predict_topk(h, 4)
+    s = full_scores(whole, h)
+    numpy.testing.assert_array_equal(ids, numpy.argsort(-s, axis=1, kind="stable")[:, :4])
+    numpy.testing.assert_allclose(vals, numpy.take_along_axis(s, ids, axis=1))
+    m = whole.eval_finish({k: float(v) for k, v in a.items()})
+    assert 0 <= m["psp@3"] <= 1 and m["loss"] == pytest.approx(float(a["loss"]) / 9)
+
+
+def test_params_alias_the_inner_layer_and_state_round_trip():
+    out = bound(make_output("squared-hinge", 4, 6, label_counts=[1, 2, 3, 0, 0, 5], num_train=9))
+    assert out.params is out.inner.params and set(out.params) == {"W", "b"}
+    out.forward(numpy.ones((2, 4)), numpy.array([[1, 2], [0, -1]]))
+    out.backward()
+    assert out.grads is out.inner.grads and set(out.grads) == {"W", "b"}
+    out.zero_grads()
+    assert out.grads == {}
+    state = out.state_dict()
+    assert set(state) == {"W", "b", "label_counts", "num_train"}
+    other = bound(make_output("squared-hinge", 4, 6), seed=5)
+    other.load_state_dict(state)
+    numpy.testing.assert_array_equal(other.params["W"], out.params["W"])
+    numpy.testing.assert_allclose(to_host(other._inv_prop),
+                                  inverse_propensity([1, 2, 3, 0, 0, 5], 9))
+    report = out.memory_report("adam", batch=3)
+    assert report["weights"] == 6 * 4 * 8 and report["grads"] == (6 * 4 + 6) * 8
+    assert report["optimizer"] == 2 * report["grads"] and report["activations"] == 3 * (8 + 12) * 8
+    assert report["total"] == sum(v for k, v in report.items() if k != "total")
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="fan_in"):
+        make_output("bce", 4, 6, weights="ffi")
+    with pytest.raises(ValueError, match="'dense' or 'ffi'"):
+        make_output("bce", 4, 6, weights="sparse")
+    with pytest.raises(ValueError, match="ffi"):
+        make_output("bce", 4, 6, rewire_every=10)
+    with pytest.raises(ValueError, match="unknown"):
+        make_output("bce", 4, 6, colour="red")
+    out = bound(make_output("bce", 4, 6))
+    with pytest.raises(ValueError, match="outside"):
+        out.forward(numpy.ones((1, 4)), numpy.array([[6]]))
+    with pytest.raises(ValueError, match="label counts"):
+        out.set_label_frequencies([1, 2], 3)
+
+
+def sparse_batch(rng, B, F, density=0.3):
+    x = scipy.sparse.random(B, F, density=density, format="csr", random_state=rng)
+    x.data[:] = rng.uniform(0.5, 1.5, size=x.data.shape)
+    return x
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_xmc_classifier_model_gradients(name):
+    rng = numpy.random.default_rng(3)
+    model = MLPClassifier(20, 9, hidden=[6], sparse_input=True, intermediate=7, output=name)
+    model.bind(Backend(), seed=0, dtype="float64")
+    x = sparse_batch(rng, 5, 20)
+    _, t = data(rng, B=5, L=9)
+    check_model_gradients(model, x, t)
+    sums = model.eval_sums(x, t)
+    assert {"count", "loss", "p@1", "p@3", "p@5", "ndcg@1"} <= set(sums)
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+@pytest.mark.parametrize("name", LOSSES)
+def test_backend_matches_numpy(backend_name, name):
+    be = make_backend(backend_name)
+    rng = numpy.random.default_rng(4)
+    ref = bound(make_output(name, 5, 300, label_counts=rng.integers(0, 20, 300), num_train=100))
+    out = bound(make_output(name, 5, 300, eval_block_elems=1000), be)
+    out.load_state_dict(ref.state_dict())
+    h, t = data(rng, B=17, L=300, K=4)
+    tol = tolerance("float64")
+    assert float(to_host(out.forward(be.asarray(h), be.asarray(t)))) == pytest.approx(
+        float(ref.forward(h, t)), rel=1e-11)
+    numpy.testing.assert_allclose(to_host(out.backward()), ref.backward(), **tol)
+    for k in ("W", "b"):
+        numpy.testing.assert_allclose(to_host(out.grads[k]), ref.grads[k], **tol)
+    a, b = out.eval_sums(be.asarray(h), be.asarray(t)), ref.eval_sums(h, t)
+    for k in b:
+        assert float(to_host(a[k])) == pytest.approx(float(b[k]), rel=1e-11), k
+
+
+# ------------------------------------------------------------------ fixed fan-in weights
+def ffi_module():
+    return pytest.importorskip("engine.layers.fixed_fanin",
+                               reason="engine/layers/fixed_fanin.py (FixedFanInLinear) not present")
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_ffi_output_finite_differences_and_state(name):
+    ffi_module()
+    rng = numpy.random.default_rng(5)
+    out = bound(make_output(name, 8, 13, weights="ffi", fan_in=3))
+    assert out.params is out.inner.params and "indices" not in out.params
+    h, t = data(rng, B=6, d=8, L=13)
+    check_output_gradients(out, h, t)
+    state = out.state_dict()
+    assert "indices" in state and state["indices"].shape == (13, 3)
+    other = bound(make_output(name, 8, 13, weights="ffi", fan_in=3, seed=9))
+    other.load_state_dict(state)
+    assert float(other.forward(h, t, train=False)) == float(out.forward(h, t, train=False))
+    a, b = out.eval_sums(h, t), bound(make_output(name, 8, 13, weights="ffi", fan_in=3,
+                                                  eval_block_elems=13)).eval_sums(h, t)
+    for k in a:
+        assert float(a[k]) == pytest.approx(float(b[k]), rel=1e-12), k
+    r = out.memory_report("adam")
+    assert r["weights"] == 13 * 3 * 8 and r["indices"] == 13 * 3 * 4 and r["optimizer"] > 0
+
+
+def test_ffi_full_fan_in_equals_dense_output():
+    ffi_module()
+    rng = numpy.random.default_rng(6)
+    d, L = 4, 7
+    ffi = bound(make_output("squared-hinge", d, L, weights="ffi", fan_in=d))
+    dense = bound(make_output("squared-hinge", d, L))
+    W = numpy.zeros((L, d))
+    idx = numpy.asarray(ffi.inner.indices)
+    numpy.put_along_axis(W, idx.astype(numpy.int64), ffi.params["weights"], axis=1)
+    dense.params["W"][...] = W
+    dense.params["b"][...] = ffi.params["bias"]
+    h, t = data(rng, B=5, d=d, L=L)
+    assert float(ffi.forward(h, t)) == pytest.approx(float(dense.forward(h, t)), rel=1e-12)
+    numpy.testing.assert_allclose(ffi.backward(), dense.backward(), rtol=1e-10, atol=1e-12)
+
+
+def test_ffi_output_rewires_through_the_engine_and_checkpoints(tmp_path):
+    ffi_module()
+    from engine import Engine
+    from engine.optim import make_optimizer
+    rng = numpy.random.default_rng(7)
+    model = MLPClassifier(30, 12, hidden=[10], sparse_input=True, output="squared-hinge",
+                          output_kwargs={"weights": "ffi", "fan_in": 4, "rewire_every": 2,
+                                         "rewire_fraction": 0.25})
+    engine = Engine(model, make_optimizer("adam", lr=1e-2), device="cpu", dtype="float64",
+                    verbose=False)
+    before = numpy.array(model.output.inner.indices)
+    for _ in range(4):
+        x = sparse_batch(rng, 6, 30)
+        _, t = data(rng, B=6, L=12)
+        engine.train_step(x, t)
+    after = numpy.asarray(model.output.inner.indices)
+    assert not numpy.array_equal(before, after)                       # rewired at steps 2, 4
+    assert all(len(set(row)) == 4 for row in after.tolist())          # fan-in kept, no duplicates
+    key = f"{len(model.layers) - 1}.SquaredHingeOutput.weights"
+    assert key in engine.optimizer.state["m"]                          # keys line up with rewiring
+    path = tmp_path / "ck.h5"
+    engine.save_checkpoint(path)
+    again = Engine.from_checkpoint(path, device="cpu", verbose=False)
+    numpy.testing.assert_array_equal(again.model.output.inner.indices, after)
+    x = sparse_batch(rng, 5, 30)
+    ids_a, s_a = again.model.predict_topk(x, 3)
+    ids_b, s_b = model.predict_topk(x, 3)
+    numpy.testing.assert_array_equal(ids_a, ids_b)
+    numpy.testing.assert_allclose(s_a, s_b, rtol=1e-12)
+
+
+def test_label_counts_from_an_xmc_file_or_a_missing_one(tmp_path):
+    from engine.data.xmc import prepare_xmc
+    tr, te = tmp_path / "tr.txt", tmp_path / "te.txt"
+    tr.write_text("4 3 5\n0,4 0:1\n4 1:1\n 2:1\n1,4 0:1\n")
+    te.write_text("1 3 5\n2 1:1\n")
+    path = str(tmp_path / "d.h5")
+    prepare_xmc(str(tr), str(te), path, valid_fraction=0.0)
+    out = bound(make_output("bce", 4, 5, label_counts=path))
+    numpy.testing.assert_array_equal(out.label_counts, [1, 1, 0, 0, 3])
+    assert out.num_train == 4 and out.config()["label_counts"] == path
+    with pytest.warns(UserWarning, match="no label frequencies"):
+        moved = make_output("bce", 4, 5, label_counts=str(tmp_path / "moved.h5"))
+    assert moved.label_counts is None
+    bound(moved).load_state_dict(out.state_dict())          # a checkpoint's state restores them
+    numpy.testing.assert_array_equal(moved.label_counts, out.label_counts)
+    assert "psp@1" in moved.eval_sums(numpy.ones((1, 4)), numpy.array([[2]]))
+
+
+@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
+@pytest.mark.parametrize("weights", ["dense", "ffi"])
+def test_classifier_training_steps_match_numpy(backend_name, weights):
+    """Sparse input (cuSPARSE on the GPU) -> intermediate -> multi-label output: three Adam
+    steps on the backend equal the NumPy reference in float64."""
+    be = make_backend(backend_name)
+    if weights == "ffi":
+        ffi_module()
+    from engine.layers.sparse_linear import to_backend_csr
+    from engine.optim import make_optimizer
+    kw = {"weights": "ffi", "fan_in": 5, "rewire_every": 2} if weights == "ffi" else {}
+
+    def make():
+        return MLPClassifier(40, 300, hidden=[16], sparse_input=True, intermediate=12,
+                             output="squared-hinge", output_kwargs=dict(kw))
+    rng = numpy.random.default_rng(8)
+    batches = [(sparse_batch(rng, 7, 40), data(rng, B=7, L=300)[1]) for _ in range(3)]
+    results = []
+    for backend in (Backend(), be):
+        model = make().bind(backend, seed=0, dtype="float64")
+        opt = make_optimizer("adam", lr=1e-2).bind(backend)
+        for step, (x, t) in enumerate(batches, start=1):
+            model.forward(to_backend_csr(backend, x), backend.asarray(t))
+            model.backward()
+            opt.step([(key, layer.params[name], layer.grads.get(name))
+                      for key, layer, name in model.param_items()])
+            for layer in model.layers:
+                layer.zero_grads()
+            model.after_step(step, opt)
+        results.append({k: to_host(v) for k, v in model.state_dict().items()})
+    ref, got = results
+    for key in ref:
+        numpy.testing.assert_allclose(got[key], ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
