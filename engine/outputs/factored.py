@@ -96,6 +96,20 @@ def default_check_every(D, d, B):
     return max(100, int(numpy.ceil(30.0 * D / (max(B, 1) * d))))
 
 
+def _compact_targets(xp, t2, valid, gc):
+    """Ydot restricted to the columns the minibatch names: (B, n) with n <= B K distinct target
+    ids, Yc[b, col(t2[b, j])] = sum of gc[b, j] over the valid slots naming that id, so that
+    Ydot Ydot^T = Yc Yc^T with O(B^2 K) memory instead of the (B, K, B, K) pair table."""
+    B, K = t2.shape
+    ids = xp.where(valid, t2, -1).reshape(-1)
+    uniq, inv = xp.unique(ids, return_inverse=True)
+    n = int(uniq.shape[0])
+    rows = xp.repeat(xp.arange(B), K)
+    weights = xp.where(valid, gc, 0).reshape(-1).astype(numpy.float64)
+    Yc = xp.bincount(rows * n + inv.reshape(-1), weights=weights, minlength=B * n)
+    return Yc.reshape(B, n).astype(gc.dtype)
+
+
 # ------------------------------------------------------------------ the layer
 class FactoredOutput(OutputLayer):
     owns_update = True
@@ -219,8 +233,12 @@ class FactoredOutput(OutputLayer):
         GG = (4.0 * gq[:, None] * gq[None, :]) * (HQ @ h.T)
         GG += 2.0 * gq[:, None] * HR
         GG += 2.0 * HR.T * gq[None, :]
-        same = (t2[:, :, None, None] == t2[None, None, :, :]) & valid[:, :, None, None] & valid[None, None]
-        GG += (same * (gc[:, :, None, None] * gc[None, None, :, :])).sum(axis=(1, 3))
+        if t2.shape[1] == 1:     # one target per row: a B x B table, no host synchronisation
+            same = (t2[:, 0, None] == t2[None, :, 0]) & valid[:, 0, None] & valid[None, :, 0]
+            GG += same * (gc[:, 0, None] * gc[None, :, 0])
+        else:                    # K-hot: compact the named ids (one host sync, in xp.unique)
+            Yc = _compact_targets(self.backend.xp, t2, valid, gc)
+            GG += Yc @ Yc.T
         G1 = None
         if gs is not None:
             u = 2.0 * gq * s + gcsum
