@@ -64,15 +64,22 @@ class MLPClassifier(Model):
                 from ..layers.sparse_linear import SparseLinear
                 self.body.append(SparseLinear(width, w))
             else:
-                self.body.append(Linear(width, w, **layer_kw))
+                # the first layer's input is data: no gradient to compute for it
+                self.body.append(Linear(width, w, input_grad=i > 0, **layer_kw))
             self.body.append(make_activation(act))
             if self.dropout > 0:
                 self.body.append(Dropout(self.dropout))
             width = w
         out_kw = dict(self.output_kwargs)
         if self.meprop and self.meprop.get("output"):
-            out_kw.setdefault("meprop", self.meprop)
-        self.output = make_output(output, width, self.num_classes, **out_kw)
+            out_kw.setdefault("meprop", {k: v for k, v in self.meprop.items() if k != "output"})
+        try:
+            self.output = make_output(output, width, self.num_classes, **out_kw)
+        except TypeError as exc:
+            if "meprop" in out_kw and "meprop" in str(exc):
+                raise ValueError(f"MLPClassifier: the {output!r} output does not support meProp "
+                                 f"(meprop 'output': True); the softmax output does") from None
+            raise
         self.layers = self.body + [self.output]
 
     # -- inputs ---------------------------------------------------------------------

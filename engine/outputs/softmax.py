@@ -29,6 +29,7 @@ from __future__ import annotations
 
 
 from ..layers.base import OutputLayer
+from ..layers.meprop import check_config, meprop_backward
 
 #: Largest temporary the fused SGD update allocates for one block of W's rows.
 UPDATE_BLOCK_BYTES = 16 * 2 ** 20
@@ -42,7 +43,7 @@ def _check_targets(targets, batch):
 class SoftmaxOutput(OutputLayer):
     def __init__(self, in_features: int, num_classes: int, bias: bool = True,
                  chunk_size: int | None = None, init_scale: float | None = None,
-                 update: str = "optimizer"):
+                 update: str = "optimizer", meprop: dict | None = None):
         super().__init__()
         if update not in ("optimizer", "fused-sgd"):
             raise ValueError(f"softmax: update must be 'optimizer' or 'fused-sgd', got {update!r}")
@@ -56,6 +57,13 @@ class SoftmaxOutput(OutputLayer):
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.use_bias = bool(bias)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
+        # meProp on the output layer (PAPERS.md section 3, "the output layer can opt in"): top-k
+        # of each row of the logit gradient, whole mode only (the chunked mode never holds a row)
+        self.meprop = check_config(meprop)
+        if self.meprop is not None and (self.chunk_size is not None or self.owns_update):
+            raise ValueError("softmax: meprop needs the whole mode (no chunk_size, "
+                             "update='optimizer')")
+        self.key = (0, 0)                 # (model seed, step), set by Model.set_random_key
         self.init_scale = init_scale
         self._cache = None
 
@@ -128,9 +136,14 @@ class SoftmaxOutput(OutputLayer):
         h_scaled = h * scale                          # (B, d): the 1/N goes on the small side
         if mode == "whole":
             grad_logits = extra                       # (B, D), already softmax - onehot
-            self.grads["W"] = grad_logits.T @ h_scaled
-            if self.use_bias:
+            if self.use_bias:                         # the full gradient, also under meProp
                 self.grads["b"] = grad_logits.sum(axis=0) * scale
+            if self.meprop is not None and self.meprop["k"] < self.num_classes:
+                key = (self.meprop["seed"],) + tuple(int(v) for v in self.key) + (self.layer_id, 1)
+                self.grads["W"], dh = meprop_backward(self.backend, grad_logits, h_scaled, W,
+                                                      self.meprop, key)
+                return dh * scale
+            self.grads["W"] = grad_logits.T @ h_scaled
             return (grad_logits @ W) * scale
         lse = extra
         xp, be = self.backend.xp, self.backend
@@ -231,4 +244,4 @@ class SoftmaxOutput(OutputLayer):
     def config(self):
         return {"in_features": self.in_features, "num_classes": self.num_classes,
                 "bias": self.use_bias, "chunk_size": self.chunk_size, "init_scale": self.init_scale,
-                "update": self.update}
+                "update": self.update, "meprop": self.meprop}
