@@ -7,6 +7,10 @@
     engine prepare ptb ../shared/data/ptb --output ptb.h5
     engine prepare text a.txt b.txt --valid v.txt --test t.txt --output corpus.h5
     engine prepare sotu data/addresses.tar.gz --output sotu.h5
+    engine prepare mnist ../shared/data/mnist --output mnist.h5   # IDX files, gzipped or not
+    engine train --data mnist.h5 --meprop-k 20 --meprop-mode unified --json
+    engine prepare xmc TRAIN.txt TEST.txt --output xmc.h5       # Extreme Classification Repository files
+    engine train --data xmc.h5 --intermediate 2048 --output-kwargs '{"weights": "ffi", "fan_in": 32}' --json
     engine bench softmax --quick                 # runs tools/bench_softmax.py from a source checkout
 
 With --json, the last line printed is one JSON object with the final metrics.
@@ -133,11 +137,65 @@ def build_parser():
     ps.add_argument("--valid-until", type=int, default=2010)
     ps.add_argument("--min-count", type=int, default=None)
     ps.add_argument("--output", required=True)
+    pm = psub.add_parser("mnist", help="MNIST / Fashion-MNIST IDX folder (gzipped or not) -> HDF5")
+    pm.add_argument("directory", help="folder with train-images-idx3-ubyte[.gz] and the 3 others")
+    pm.add_argument("--valid-size", type=int, default=5000,
+                    help="last training images held out as the valid split (default 5000)")
+    pm.add_argument("--output", required=True)
+    _add_xmc_prepare_parsers(psub)
 
     b = sub.add_parser("bench", help="run a benchmark script of tools/ (source checkout only)")
     b.add_argument("name", help="e.g. softmax -> tools/bench_softmax.py")
     b.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def _add_xmc_prepare_parsers(psub):
+    px = psub.add_parser("xmc", help="Extreme Classification Repository text files (train, test; "
+                                     ".gz read too) -> HDF5; valid split carved from train")
+    px.add_argument("train")
+    px.add_argument("test")
+    px.add_argument("--valid-fraction", type=float, default=0.1,
+                    help="random share of the training file held out as the valid split (default 0.1)")
+    px.add_argument("--seed", type=int, default=0, help="seed of the valid split's choice")
+    px.add_argument("--output", required=True)
+    py = psub.add_parser("xmc-synthetic", help="synthetic XMC data (power-law labels, prototype "
+                                                "features) -> text files and HDF5")
+    py.add_argument("--train-points", type=int, default=20000)
+    py.add_argument("--test-points", type=int, default=5000)
+    py.add_argument("--features", type=int, default=5000)
+    py.add_argument("--labels", type=int, default=2000)
+    py.add_argument("--labels-per-point", type=float, default=5.0)
+    py.add_argument("--features-per-point", type=float, default=40.0)
+    py.add_argument("--amazon-670k", action="store_true",
+                    help="Amazon-670K's shape (490,449 / 153,025 points, 135,909 features, "
+                         "670,091 labels; overrides the sizes above)")
+    py.add_argument("--text-prefix", default=None,
+                    help="keep the text files as PREFIX_train.txt / PREFIX_test.txt (default: temporary)")
+    py.add_argument("--valid-fraction", type=float, default=0.1)
+    py.add_argument("--seed", type=int, default=0)
+    py.add_argument("--output", required=True)
+
+
+def _prepare_xmc(args):
+    import tempfile
+    from .data.xmc import describe, prepare_xmc
+    if args.kind == "xmc":
+        prepare_xmc(args.train, args.test, args.output, valid_fraction=args.valid_fraction,
+                    seed=args.seed)
+        return {"output": args.output, **describe(args.output)}
+    from .data.xmc_synthetic import AMAZON_670K, write_synthetic_xmc
+    sizes = dict(num_train=args.train_points, num_test=args.test_points,
+                 num_features=args.features, num_labels=args.labels,
+                 labels_per_point=args.labels_per_point, features_per_point=args.features_per_point)
+    if args.amazon_670k:
+        sizes.update(AMAZON_670K)
+    with tempfile.TemporaryDirectory(dir=os.path.dirname(os.path.abspath(args.output))) as tmp:
+        prefix = args.text_prefix or os.path.join(tmp, "synthetic")
+        train, test = f"{prefix}_train.txt", f"{prefix}_test.txt"
+        write_synthetic_xmc(train, test, seed=args.seed, **sizes)
+        prepare_xmc(train, test, args.output, valid_fraction=args.valid_fraction, seed=args.seed)
+    return {"output": args.output, **describe(args.output)}
 
 
 def _make_optimizer(args):
@@ -174,6 +232,8 @@ def _build_classifier(args, data):
     output = args.output or (CLASSIFIER_DEFAULTS["multilabel_output"] if multilabel
                              else CLASSIFIER_DEFAULTS["output"])
     out_kw = _output_kwargs_json(args)
+    if info.get("format") == "engine-xmc":       # training label counts: PSP@k propensities
+        out_kw.setdefault("label_counts", os.path.abspath(data))
     meprop = None
     if args.meprop_k is not None:
         meprop = {"k": args.meprop_k, "mode": args.meprop_mode, "seed": args.seed,
@@ -319,8 +379,16 @@ def cmd_prepare(args):
         kw = {} if args.min_count is None else {"min_count": args.min_count}
         info = prepare.prepare_sotu(args.archive or prepare.default_corpus_path(), args.output,
                                     train_until=args.train_until, valid_until=args.valid_until, **kw)
+    elif args.kind == "mnist":
+        from .data.classification import describe
+        from .data.mnist import prepare_mnist
+        prepare_mnist(args.directory, args.output, valid_size=args.valid_size)
+        info = {"output": args.output, **describe(args.output)}
+    elif args.kind in ("xmc", "xmc-synthetic"):
+        info = _prepare_xmc(args)
     else:
-        raise SystemExit("engine prepare: choose text, ptb or sotu (see engine prepare -h)")
+        raise SystemExit("engine prepare: choose text, ptb, sotu, mnist, xmc or xmc-synthetic "
+                         "(see engine prepare -h)")
     print(f"[engine] {info}")
     return info.as_dict() if hasattr(info, "as_dict") else {"output": args.output}
 

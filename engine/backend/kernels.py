@@ -30,6 +30,8 @@ KERNELS: dict[str, tuple[str, ...]] = {
     "adam.cu": ("adam_step", "adam_step_rows"),
     "factored_rows.cu": ("factored_gather_rows", "factored_scatter_atomic",
                          "factored_scatter_sorted"),
+    "ffi.cu": ("ffi_forward", "ffi_backward", "ffi_grad_input_csc"),
+    "topk_rows.cu": ("topk_rows",),          # meProp selection (engine/layers/meprop.py)
 }
 
 #: C++ element type of each supported NumPy dtype.

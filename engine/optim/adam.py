@@ -25,6 +25,12 @@ Lazy Adam costs O(U D) per step instead of O(V D), the point for huge embedding/
 
 `sparse_mode="dense"` densifies row-sparse grads (`grad.to_dense`) and runs the dense step:
 exact dense-Adam semantics at O(V D) per step.
+
+meProp (engine/layers/meprop.py) produces such row-sparse weight gradients: with the default
+lazy mode a step moves only the k (unified) or the union of the per-example selected rows of W,
+which is meProp's "sparse update"; with sparse_mode="dense" every row whose moments are non-zero
+keeps moving, which is what the paper's (dense) Adam did. Both are tested in
+tests/layers/test_meprop.py.
 """
 from __future__ import annotations
 

@@ -29,6 +29,11 @@ register_output("spherical-dense", SphericalDenseOutput)
 register_output("taylor-dense", TaylorDenseOutput)
 register_output("zloss-dense", ZLossDenseOutput)
 
+from .multilabel import BCEOutput, SquaredHingeOutput  # noqa: E402  (issue 6: XMC, dense or FFI)
+
+register_output("squared-hinge", SquaredHingeOutput)
+register_output("bce", BCEOutput)
+
 
 def make_output(name: str, in_features: int, num_classes: int, **kwargs):
     try:

@@ -7,7 +7,6 @@ import importlib.util
 import json
 import math
 import os
-import sys
 
 from engine.cli import main as engine_main
 
