@@ -43,4 +43,6 @@ def make_output(name: str, in_features: int, num_classes: int, **kwargs):
     return cls(in_features, num_classes, **kwargs)
 
 
-__all__ = ["SoftmaxOutput", "SquaredErrorOutput", "OUTPUTS", "register_output", "make_output"]
+__all__ = ["SoftmaxOutput", "SquaredErrorOutput", "AdaptiveSoftmaxOutput", "SphericalDenseOutput",
+           "TaylorDenseOutput", "ZLossDenseOutput", "SquaredHingeOutput", "BCEOutput", "OUTPUTS",
+           "register_output", "make_output"]
