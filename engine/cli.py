@@ -300,12 +300,16 @@ def cmd_train(args):
               "valid_loss": last.get("valid_loss"), "valid_perplexity": last.get("valid_perplexity"),
               "seconds_per_epoch": (sum(h["seconds"] for h in history) / len(history)) if history else None,
               "run_dir": engine.run_dir}
+    if not engine.model.reports_perplexity:          # a classifier: no perplexity fields
+        for key in ("perplexity", "valid_perplexity"):
+            del result[key]
     for key in metric_keys(last, "valid_"):          # valid_accuracy, valid_p@1, ...
         result[f"valid_{key}"] = last[f"valid_{key}"]
     if not args.no_test:
         test = engine.evaluate(data, split="test", batch_size=max(args.batch_size, 512))
         result["test_loss"] = test["loss"]
-        result["test_perplexity"] = test.get("perplexity")
+        if engine.model.reports_perplexity:
+            result["test_perplexity"] = test.get("perplexity")
         extra = {k: v for k, v in test.items()
                  if k not in ("loss", "perplexity", "examples", "seconds", "device")}
         for key, value in extra.items():
