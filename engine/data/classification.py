@@ -25,14 +25,13 @@ rows from the file (sorted indices, one HDF5 read per batch), so no split has to
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Dict, Mapping, Optional, Tuple
 
 import h5py
 import numpy as np
 
 from .errors import DataError
-from .hdf5_schema import _fsync_folder
+from .atomic_h5 import AtomicH5Writer
 
 FORMAT = "engine-classification"
 FORMAT_VERSION = 1
@@ -97,36 +96,22 @@ def write_classification(path, splits: Mapping[str, Tuple[np.ndarray, np.ndarray
     for s, (x, _) in checked.items():
         if x.dtype == np.uint8 and x_scale is None:
             raise DataError(f"{path}: /{s}/x is uint8 but no x_scale was given")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise DataError(f"{path}: cannot write: no such folder {folder}")
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
-    try:
-        with h5py.File(tmp, "x") as f:
-            for s, (x, y) in checked.items():
-                rows = max(1, min(x.shape[0], max(1, (1 << 20) // max(1, x.shape[1]))))
-                dx = f.create_dataset(f"{s}/x", data=x, chunks=(rows, x.shape[1]),
-                                      compression="gzip", compression_opts=4)
-                if x.dtype == np.uint8:
-                    dx.attrs["scale"] = float(x_scale)
-                f.create_dataset(f"{s}/y", data=y, compression="gzip", compression_opts=4)
-            f.attrs.update(dict(attrs or {}))
-            f.attrs["format"] = FORMAT
-            f.attrs["format_version"] = np.int64(FORMAT_VERSION)
-            f.attrs["num_features"] = np.int64(num_features)
-            f.attrs["num_classes"] = np.int64(num_classes)
-            f.attrs["source"] = str(source)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.remove(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_folder(folder)
-    return path
+    with AtomicH5Writer(path) as w:
+        f = w.file
+        for s, (x, y) in checked.items():
+            rows = max(1, min(x.shape[0], max(1, (1 << 20) // max(1, x.shape[1]))))
+            dx = f.create_dataset(f"{s}/x", data=x, chunks=(rows, x.shape[1]),
+                                  compression="gzip", compression_opts=4)
+            if x.dtype == np.uint8:
+                dx.attrs["scale"] = float(x_scale)
+            f.create_dataset(f"{s}/y", data=y, compression="gzip", compression_opts=4)
+        f.attrs.update(dict(attrs or {}))
+        f.attrs["format"] = FORMAT
+        f.attrs["format_version"] = np.int64(FORMAT_VERSION)
+        f.attrs["num_features"] = np.int64(num_features)
+        f.attrs["num_classes"] = np.int64(num_classes)
+        f.attrs["source"] = str(source)
+        return w.commit()
 
 
 # --------------------------------------------------------------------------------- reading

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import secrets
 from typing import Dict, Iterable, List, Mapping, Optional, Sequence
 
 import h5py
 import numpy as np
 
+from .atomic_h5 import AtomicH5Writer
 from .errors import DataError
 
 FORMAT = "engine-lm-corpus"
@@ -55,7 +55,7 @@ def vocab_hash(vocab: Iterable[str]) -> str:
 
 
 # --------------------------------------------------------------------------------- writing
-class LMCorpusWriter:
+class LMCorpusWriter(AtomicH5Writer):
     """Writes one corpus file atomically; a split's tokens may be appended in pieces.
 
     Usage::
@@ -69,30 +69,9 @@ class LMCorpusWriter:
     """
 
     def __init__(self, path):
-        self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise DataError(f"{self.path}: cannot write: no such folder {folder}")
-        # Not mkstemp: its 0600 mode would survive the rename; O_EXCL with 0666 & ~umask.
-        while True:
-            self.tmp_path = os.path.join(
-                folder, f".{os.path.basename(self.path)}.{secrets.token_hex(6)}.tmp")
-            try:
-                fd = os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-                break
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise DataError(f"{self.path}: cannot write in {folder}: {e}") from e
-        os.close(fd)
-        try:
-            self.file = h5py.File(self.tmp_path, "w")
-        except BaseException:
-            self._remove_tmp()
-            raise
+        super().__init__(path)
         self.lengths: Dict[str, int] = {}
         self.ranges: Dict[str, tuple] = {}   # split -> (min id, max id) appended
-        self.done = False
 
     def create_split(self, split: str):
         """Create `/{split}/tokens`, empty (appending creates it too)."""
@@ -156,51 +135,7 @@ class LMCorpusWriter:
         f.attrs["min_count"] = np.int64(min_count)
         f.attrs["source"] = str(source)
         f.attrs["vocab_sha256"] = vocab_hash(vocab)
-        f.close()
-        with open(self.tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp_path, self.path)
-        _fsync_folder(os.path.dirname(os.path.abspath(self.path)))
-        self.done = True
-        return self.path
-
-    def abort(self) -> None:
-        """Drop the temporary file (a no-op after `finish`)."""
-        if self.done:
-            return
-        try:
-            self.file.close()
-        except Exception:
-            pass
-        self._remove_tmp()
-        self.done = True
-
-    def _remove_tmp(self):
-        try:
-            os.remove(self.tmp_path)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.abort()
-        return False
-
-
-def _fsync_folder(folder: str) -> None:
-    """Make the rename durable (best effort: not every platform opens folders)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+        return self.commit()
 
 
 def write_lm_corpus(path, vocab: Sequence[str], counts, splits: Mapping[str, np.ndarray],

@@ -34,14 +34,13 @@ the next batches (and their host-to-device copy) while the current one trains.
 from __future__ import annotations
 
 import os
-import secrets
 from typing import Dict, Optional
 
 import h5py
 import numpy as np
 
 from .errors import DataError
-from .hdf5_schema import _fsync_folder
+from .atomic_h5 import AtomicH5Writer
 from .xmc_text import DEFAULT_CHUNK_POINTS, read_header, read_xmc_chunks
 
 FORMAT = "engine-xmc"
@@ -52,36 +51,17 @@ _CHECK = 1 << 22
 
 
 # ------------------------------------------------------------------------------ writing
-class XMCWriter:
+class XMCWriter(AtomicH5Writer):
     """Writes one engine-xmc file atomically; points are appended to a split in CSR pieces.
 
     Nothing appears at `path` until `finish` returns; leaving a `with` block by an exception (or
     without `finish`) removes the temporary file."""
 
     def __init__(self, path, num_features: int, num_labels: int):
-        self.path = os.fspath(path)
-        folder = os.path.dirname(os.path.abspath(self.path))
-        if not os.path.isdir(folder):
-            raise DataError(f"{self.path}: cannot write: no such folder {folder}")
-        while True:
-            self.tmp_path = os.path.join(folder, f".{os.path.basename(self.path)}."
-                                                 f"{secrets.token_hex(6)}.tmp")
-            try:
-                os.close(os.open(self.tmp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-                break
-            except FileExistsError:
-                continue
-            except OSError as e:
-                raise DataError(f"{self.path}: cannot write in {folder}: {e}") from e
-        try:
-            self.file = h5py.File(self.tmp_path, "w")
-        except BaseException:
-            self._remove_tmp()
-            raise
+        super().__init__(path)
         self.F, self.L = int(num_features), int(num_labels)
         self.counts: Dict[str, int] = {}
         self.label_counts = np.zeros(self.L, dtype=np.int64)
-        self.done = False
 
     def _create(self, split):
         if split not in SPLITS:
@@ -130,36 +110,7 @@ class XMCWriter:
         f.attrs["num_features"] = np.int64(self.F)
         f.attrs["num_labels"] = np.int64(self.L)
         f.attrs["num_train"] = np.int64(self.counts.get("train", 0))
-        f.close()
-        with open(self.tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(self.tmp_path, self.path)
-        _fsync_folder(os.path.dirname(os.path.abspath(self.path)))
-        self.done = True
-        return self.path
-
-    def abort(self):
-        if self.done:
-            return
-        try:
-            self.file.close()
-        except Exception:
-            pass
-        self._remove_tmp()
-        self.done = True
-
-    def _remove_tmp(self):
-        try:
-            os.remove(self.tmp_path)
-        except FileNotFoundError:
-            pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.abort()
-        return False
+        return self.commit()
 
 
 def prepare_xmc(train_txt, test_txt, output, valid_fraction: float = 0.1, seed: int = 0,
