@@ -16,7 +16,8 @@ uniform in +-sqrt(6 / (K + L K / I)) (Glorot with fan-in K and the mean fan-out 
 bias 0.
 
 Where the work runs (`method`): on the CPU, numba loops (fixed_fanin_cpu.py; the input gradient
-is a sequential scatter, deterministic by construction); on the GPU, "kernel" (rawkernels/ffi.cu),
+is a scatter by a fixed number of label ranges into private buffers summed in order, deterministic
+by construction); on the GPU, "kernel" (rawkernels/ffi.cu),
 "cusparse" (cupyx CSR view of the same storage) or "auto" (measured once per shape, see
 fixed_fanin_gpu.py). "reference" runs the NumPy reference (any backend; for tests). With
 `deterministic=True` the GPU input gradient is summed in a fixed order (transposed index) instead

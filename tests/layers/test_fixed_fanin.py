@@ -315,3 +315,31 @@ def test_gpu_index_helpers_with_numpy_arrays():
     numpy.testing.assert_allclose(dw, ref.reference_grad_weights(numpy, dy, x, idx), rtol=1e-12)
     # method="auto" measures once per power-of-two batch bucket
     assert [fg.batch_bucket(b) for b in (1, 3, 32, 33, 256)] == [1, 4, 32, 64, 256]
+
+
+def test_cpu_input_grad_parts_are_deterministic_across_thread_counts(monkeypatch):
+    """The numba input gradient splits the labels into a fixed number of ranges with private
+    buffers summed in order: bit-identical for 1 and 2 numba threads, equal to the reference."""
+    numba = pytest.importorskip("numba")
+    from engine.layers import fixed_fanin_cpu as cpu
+    monkeypatch.setattr(cpu, "CHUNK", 4)            # several parts at a small size
+    rng = numpy.random.default_rng(3)
+    L, I, K, B = 97, 40, 5, 6
+    idx = numpy.stack([rng.choice(I, K, replace=False) for _ in range(L)]).astype(numpy.int32)
+    w = rng.standard_normal((L, K)).astype(numpy.float32)
+    x = rng.standard_normal((B, I)).astype(numpy.float32)
+    dy = rng.standard_normal((B, L)).astype(numpy.float32)
+    dy[:, ::3] = 0                                   # skipped labels
+    assert cpu.input_grad_parts((I, B), numpy.float32, L) > 1
+    xt = cpu.transpose_input(x)
+    before = numba.get_num_threads()
+    try:
+        results = []
+        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
+            numba.set_num_threads(threads)
+            results.append(cpu.backward(dy, xt, idx, w)[1])
+    finally:
+        numba.set_num_threads(before)
+    numpy.testing.assert_array_equal(results[0], results[1])
+    ref = cpu.reference_grad_input(numpy, dy.astype(numpy.float64), idx, w.astype(numpy.float64), I)
+    numpy.testing.assert_allclose(results[0], ref, rtol=1e-5, atol=1e-5)
