@@ -330,3 +330,25 @@ def test_meprop_backward_against_numpy(backend, float_dtype, to_host, tol, mode)
     t = dict(rtol=1e-4, atol=1e-4) if float_dtype == numpy.float32 else tol(float_dtype)
     assert_allclose(to_host(g.values), g_ref.values, **t)
     assert_allclose(to_host(dx), dx_ref, **t)
+
+
+@pytest.mark.parametrize("union_gain", [0, 10 ** 9])      # numba gathers / BLAS over the union
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+def test_per_example_cpu_paths_equal_masked_reference(monkeypatch, union_gain, dtype):
+    """Both CPU per-example product paths (chosen by UNION_GAIN) equal the masked reference."""
+    from engine.layers import meprop as mp
+    monkeypatch.setattr(mp, "UNION_GAIN", union_gain)
+    be = Backend()
+    rng = numpy.random.default_rng(5)
+    B, O, I, k = 9, 23, 7, 4
+    dy = rng.standard_normal((B, O)).astype(dtype)
+    dy[:, 3] = 0
+    x = rng.standard_normal((B, I)).astype(dtype)
+    W = rng.standard_normal((O, I)).astype(dtype)
+    kind, pattern = mp.select(be, dy, {"k": k, "mode": "per-example", "seed": 0}, (0, 0, 0, 0, 1))
+    dW, dx = mp.per_example_backward(be, dy, x, W, pattern)
+    rW, rx = mp.masked_reference(be, dy, x, W, kind, pattern)
+    tol = 1e-5 if dtype == numpy.float32 else 1e-12
+    numpy.testing.assert_allclose(dW.to_dense(be), rW, rtol=tol, atol=tol)
+    numpy.testing.assert_allclose(dx, rx, rtol=tol, atol=tol)
+    assert dW.unique and numpy.all(numpy.diff(dW.rows) > 0)
