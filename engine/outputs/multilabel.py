@@ -297,8 +297,7 @@ class MultilabelOutput(OutputLayer):
         current, top = None, None
         for rows, c0, s in self._score_blocks(h):
             if targets is not None:
-                y = self._positives(targets, rows, c0, c0 + s.shape[1])
-                loss += self._loss_grad(s.copy(), y, want_grad=False)[0].sum(dtype=numpy.float64)
+                loss += self._block_loss(s, targets[rows], c0)
             if rows != current:
                 if top is not None:
                     i, v = top.result()
@@ -310,6 +309,23 @@ class MultilabelOutput(OutputLayer):
         ids.append(i)
         vals.append(v)
         return xp.concatenate(ids), xp.concatenate(vals), loss
+
+    def _block_loss(self, s, t, c0):
+        """Summed loss of a score block s (R, C) (labels c0 ... c0 + C - 1) whose rows have the
+        positives t (R, K): every entry as a negative (one pass, no (R, C) label mask), plus a
+        correction at the positives that fall in the block (each distinct label once, as the
+        training loss counts it). Leaves s unchanged."""
+        xp = self.backend.xp
+        total = self._negative_loss_sum(s)
+        t = xp.sort(t, axis=1)
+        distinct = xp.ones(t.shape, dtype=bool)
+        distinct[:, 1:] = t[:, 1:] != t[:, :-1]
+        local = t - c0
+        keep = distinct & (t >= 0) & (local >= 0) & (local < s.shape[1])
+        r, j = xp.nonzero(keep)
+        if r.shape[0]:
+            total = total + self._positive_correction(s[r, local[r, j]]).sum(dtype=numpy.float64)
+        return total
 
     def predict_topk(self, h, k: int):
         """(ids (B, k) int64, scores (B, k)) best first, block by block (never B x L at once)."""
@@ -362,6 +378,19 @@ class SquaredHingeOutput(MultilabelOutput):
         margin *= -2                                     # dl/ds = -2 y m
         return loss, margin
 
+    def _negative_loss_sum(self, s):
+        """sum max(0, 1 + s)^2 over the block (every label a negative), float64."""
+        xp = self.backend.xp
+        m = s + s.dtype.type(1)
+        xp.maximum(m, 0, out=m)
+        return xp.einsum("ij,ij->", m, m, dtype=numpy.float64)
+
+    def _positive_correction(self, sp):
+        """Loss as a positive minus loss as a negative, at positive scores sp (float64)."""
+        sp = sp.astype(numpy.float64)
+        xp = self.backend.xp
+        return xp.maximum(1 - sp, 0) ** 2 - xp.maximum(1 + sp, 0) ** 2
+
 
 class BCEOutput(MultilabelOutput):
     """Binary cross-entropy on every label, softplus form (no overflow for large |s|)."""
@@ -379,3 +408,16 @@ class BCEOutput(MultilabelOutput):
         sig = xp.where(s >= 0, 1.0 / (1.0 + e), e / (1.0 + e)).astype(s.dtype)
         sig -= y
         return loss, sig
+
+    def _negative_loss_sum(self, s):
+        """sum softplus(s) over the block (every label a negative), float64."""
+        xp = self.backend.xp
+        a = xp.abs(s)
+        xp.negative(a, out=a)
+        xp.exp(a, out=a)
+        xp.log1p(a, out=a)                               # log1p(exp(-|s|))
+        return (xp.maximum(s, 0).sum(dtype=numpy.float64) + a.sum(dtype=numpy.float64))
+
+    def _positive_correction(self, sp):
+        """softplus(-s) - softplus(s) = -s at the positive scores (float64)."""
+        return -sp.astype(numpy.float64)
