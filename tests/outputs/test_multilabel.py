@@ -313,3 +313,16 @@ def test_classifier_training_steps_match_numpy(backend_name, weights):
     ref, got = results
     for key in ref:
         numpy.testing.assert_allclose(got[key], ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("name", LOSSES)
+def test_eval_loss_counts_a_repeated_label_once_like_training(name):
+    """A label named twice in one row is one positive, in training and in evaluation alike."""
+    rng = numpy.random.default_rng(7)
+    out = bound(make_output(name, 5, 11, eval_block_elems=8))
+    h = rng.standard_normal((4, 5))
+    t = numpy.array([[3, 3, -1], [0, 10, 0], [-1, -1, -1], [7, 2, 7]])
+    train_mean = float(out.forward(h, t, train=False))
+    assert float(out.eval_sums(h, t)["loss"]) == pytest.approx(4 * train_mean, rel=1e-12)
+    dedup = numpy.array([[3, -1, -1], [0, 10, -1], [-1, -1, -1], [7, 2, -1]])
+    assert float(out.eval_sums(h, dedup)["loss"]) == pytest.approx(4 * train_mean, rel=1e-12)
