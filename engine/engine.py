@@ -92,11 +92,17 @@ class Engine:
         if isinstance(data, (str, os.PathLike)) and not is_lm_corpus_file(data):
             # a classification dataset (dense or XMC sparse): its format module makes the loader
             from .data.registry import describe_dataset, make_dataset_loader
-            if hasattr(self.model, "check_dataset"):
-                self.model.check_dataset(describe_dataset(data), str(data))
+            info = describe_dataset(data)
+            if not hasattr(self.model, "check_dataset"):
+                raise ValueError(f"{data}: a {info.get('format')} classification file, but the "
+                                 f"model is a {self.model.kind} (it needs a language-model corpus)")
+            self.model.check_dataset(info, str(data))
             return make_dataset_loader(data, split, batch_size, shuffle=shuffle, seed=self.seed,
                                        backend=self.backend)
         if _is_lm_corpus_source(data):
+            if not hasattr(self.model, "context"):
+                raise ValueError(f"{getattr(data, 'path', data)}: a language-model corpus, but the "
+                                 f"model is a {self.model.kind} (give it its classification file)")
             from .data.loader import NGramLoader
             loader = NGramLoader(data, split, context=self.model.context, batch_size=batch_size,
                                  shuffle=shuffle, seed=self.seed, backend=self.backend)

@@ -79,3 +79,22 @@ def test_after_step_hook_receives_step_optimizer_and_key_prefix():
     assert calls[0][1] is eng.optimizer
     keys = [k for k, layer, name in model.param_items() if layer is model.body[0]]
     assert all(k.startswith(calls[0][2]) for k in keys) and keys
+
+
+def test_model_and_data_kinds_must_match(tmp_path):
+    """A classifier handed a language-model corpus (or the reverse) gets an error naming both."""
+    from engine import MLPLanguageModel
+    from engine.data import write_lm_corpus
+    from engine.data.classification import write_classification
+    lm_file, cls_file = tmp_path / "lm.h5", tmp_path / "cls.h5"
+    write_lm_corpus(lm_file, ["<unk>", "<eos>", "a"], [5, 4, 3],
+                    {"train": numpy.array([2, 1, 2, 1], numpy.int32)}, {"unk_id": 0, "eos_id": 1})
+    rng = numpy.random.default_rng(0)
+    write_classification(cls_file, {"train": (rng.random((6, 12)), rng.integers(0, 4, 6))}, 4)
+    clf = Engine(MLPClassifier(12, 4, hidden=(8,)), Adam(lr=1e-3), device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="language-model corpus, but the model is a mlp-classifier"):
+        clf.evaluate(str(lm_file), split="train")
+    lm = Engine(MLPLanguageModel(3, context=2, embed_dim=4, hidden=(4,)), Adam(lr=1e-3),
+                device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="classification file, but the model is a mlp-lm"):
+        lm.evaluate(str(cls_file), split="train")
