@@ -284,7 +284,8 @@ def open_lm_corpus(path, check_tokens: bool = True) -> LMCorpus:
         f = h5py.File(path, "r")
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}; "
-                        f"expected an {FORMAT} file written by `engine prepare`") from e
+                        f"expected a file written by `engine prepare` (a language-model corpus, or a "
+                        f"classification file from `engine prepare mnist|xmc`)") from e
     try:
         corpus = _validate(path, f, check_tokens)
     except DataError:
