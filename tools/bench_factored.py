@@ -156,10 +156,6 @@ def run_config(B, D, d, args, backend, device):
     return row
 
 
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     backend, device, device_name = bc.resolve_backend(args.device)
@@ -170,11 +166,11 @@ def main(argv=None):
     if args.json:
         print(f"[bench] wrote {bc.write_json(args.json, rows)}", flush=True)
     columns = [("D", lambda r: r["D"]), ("d", lambda r: r["d"]), ("B", lambda r: r["B"]),
-               ("naive ms", lambda r: fmt(r["naive_ms"], ".2f")),
-               ("factored ms", lambda r: fmt(r["factored_ms"], ".3f")),
-               ("speedup", lambda r: fmt(r["speedup"], ".1f")),
-               ("theory D/4d", lambda r: fmt(r["theory"], ".1f")),
-               ("ratio", lambda r: fmt(None if r["speedup"] is None else r["speedup"] / r["theory"], ".2f")),
+               ("naive ms", lambda r: bc.fmt_num(r["naive_ms"], "{:.2f}")),
+               ("factored ms", lambda r: bc.fmt_num(r["factored_ms"], "{:.3f}")),
+               ("speedup", lambda r: bc.fmt_num(r["speedup"], "{:.1f}")),
+               ("theory D/4d", lambda r: bc.fmt_num(r["theory"], "{:.1f}")),
+               ("ratio", lambda r: bc.fmt_num(None if r["speedup"] is None else r["speedup"] / r["theory"], "{:.2f}")),
                ("check", lambda r: "skip" if r["skipped"] else ("ok" if r["check_ok"] else "FAIL"))]
     bc.print_table(f"Output layer step (forward + backward + SGD update), {device_name}, {args.loss}",
                    columns, rows,

@@ -144,10 +144,6 @@ def run_row(backend, device, h, B, k, mode, args):
     return row
 
 
-def fmt(x, spec):
-    return "-" if x is None else format(x, spec)
-
-
 def main(argv=None):
     args = build_parser().parse_args(argv)
     backend, device, device_name = bc.resolve_backend(args.device)
@@ -168,16 +164,16 @@ def main(argv=None):
     if args.json:
         print(f"[bench] wrote {bc.write_json(args.json, rows)}", flush=True)
     columns = [("mode", lambda r: r["mode"]), ("h", lambda r: r["h"]), ("k", lambda r: r["k"]),
-               ("dense bwd ms", lambda r: fmt(r["dense_backward_ms"], ".2f")),
-               ("meProp bwd ms", lambda r: fmt(r["meprop_backward_ms"], ".2f")),
-               ("select ms", lambda r: fmt(r["select_ms"], ".2f")),
-               ("bwd speedup", lambda r: fmt(r["backward_speedup"], ".1f")),
-               ("paper bwd ms", lambda r: fmt(r["paper_backward_ms"], ".2f")),
-               ("paper speedup", lambda r: fmt(r["paper_speedup"], ".1f")),
-               ("dense step ms", lambda r: fmt(r["dense_step_ms"], ".2f")),
-               ("meProp step ms", lambda r: fmt(r["meprop_step_ms"], ".2f")),
-               ("step speedup", lambda r: fmt(r["step_speedup"], ".2f")),
-               ("amdahl", lambda r: fmt(r["amdahl"], ".2f")),
+               ("dense bwd ms", lambda r: bc.fmt_num(r["dense_backward_ms"], "{:.2f}")),
+               ("meProp bwd ms", lambda r: bc.fmt_num(r["meprop_backward_ms"], "{:.2f}")),
+               ("select ms", lambda r: bc.fmt_num(r["select_ms"], "{:.2f}")),
+               ("bwd speedup", lambda r: bc.fmt_num(r["backward_speedup"], "{:.1f}")),
+               ("paper bwd ms", lambda r: bc.fmt_num(r["paper_backward_ms"], "{:.2f}")),
+               ("paper speedup", lambda r: bc.fmt_num(r["paper_speedup"], "{:.1f}")),
+               ("dense step ms", lambda r: bc.fmt_num(r["dense_step_ms"], "{:.2f}")),
+               ("meProp step ms", lambda r: bc.fmt_num(r["meprop_step_ms"], "{:.2f}")),
+               ("step speedup", lambda r: bc.fmt_num(r["step_speedup"], "{:.2f}")),
+               ("amdahl", lambda r: bc.fmt_num(r["amdahl"], "{:.2f}")),
                ("check", lambda r: "ok" if r["check_ok"] else "FAIL")]
     bc.print_table(f"meProp vs dense, one {h}x{h} linear layer, batch {B}, {device_name}", columns,
                    rows, notes=["paper: GTX 1080, unified top-k, h=8192, B=1024, dense 308.00 ms "

@@ -10,6 +10,18 @@ from __future__ import annotations
 import numpy
 
 
+def batches_per_epoch(num_examples, batch_size, drop_last=False):
+    """Batches in one epoch of the loader protocol (the last one short unless drop_last)."""
+    return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+
+
+def epoch_order(num_examples, shuffle, seed, epoch):
+    """Example order of epoch `epoch`: a permutation drawn from (seed, epoch), or 0 ... N - 1."""
+    if not shuffle:
+        return numpy.arange(num_examples)
+    return numpy.random.default_rng([seed, epoch]).permutation(num_examples)
+
+
 class ArrayLoader:
     def __init__(self, x, y, batch_size, shuffle=True, seed=0, backend=None, drop_last=False):
         x, y = numpy.asarray(x), numpy.asarray(y)
@@ -28,13 +40,10 @@ class ArrayLoader:
         return self.x.shape[0]
 
     def __len__(self):
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return batches_per_epoch(self.num_examples, self.batch_size, self.drop_last)
 
     def order(self, epoch):
-        if not self.shuffle:
-            return numpy.arange(self.num_examples)
-        return numpy.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        return epoch_order(self.num_examples, self.shuffle, self.seed, epoch)
 
     def iter_from(self, epoch=0, start_batch=0):
         order = self.order(epoch)

@@ -31,6 +31,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
+from .arrays import batches_per_epoch, epoch_order
 from .atomic_h5 import AtomicH5Writer
 
 FORMAT = "engine-classification"
@@ -259,12 +260,10 @@ class ClassificationLoader:
         return self._n
 
     def __len__(self):
-        return -(-self._n // self.batch_size)
+        return batches_per_epoch(self._n, self.batch_size)
 
     def order(self, epoch):
-        if not self.shuffle:
-            return np.arange(self._n)
-        return np.random.default_rng([self.seed, epoch]).permutation(self._n)
+        return epoch_order(self._n, self.shuffle, self.seed, epoch)
 
     def _rows(self, idx):
         if self._x is not None:

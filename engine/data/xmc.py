@@ -40,6 +40,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
+from .arrays import batches_per_epoch, epoch_order
 from .atomic_h5 import AtomicH5Writer
 from .xmc_text import DEFAULT_CHUNK_POINTS, read_header, read_xmc_chunks
 
@@ -274,13 +275,10 @@ class XMCLoader:
         return self.x.shape[0]
 
     def __len__(self):
-        n, b = self.num_examples, self.batch_size
-        return n // b if self.drop_last else -(-n // b)
+        return batches_per_epoch(self.num_examples, self.batch_size, self.drop_last)
 
     def order(self, epoch):
-        if not self.shuffle:
-            return np.arange(self.num_examples)
-        return np.random.default_rng([self.seed, epoch]).permutation(self.num_examples)
+        return epoch_order(self.num_examples, self.shuffle, self.seed, epoch)
 
     def labels(self, rows):
         """(len(rows), K) int32 label ids padded with -1 (K = most labels of these rows, >= 1)."""
