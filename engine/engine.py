@@ -85,22 +85,21 @@ class Engine:
         if hasattr(data, "iter_from"):
             return data
         if isinstance(data, tuple) and len(data) == 2:
-            if hasattr(self.model, "validate_data"):
-                self.model.validate_data(data[0], data[1], name=f"{split} data")
+            self.model.validate_data(data[0], data[1], name=f"{split} data")
             return ArrayLoader(data[0], data[1], batch_size, shuffle=shuffle, seed=self.seed,
                                backend=self.backend)
         if isinstance(data, (str, os.PathLike)) and not is_lm_corpus_file(data):
             # a classification dataset (dense or XMC sparse): its format module makes the loader
             from .data.registry import describe_dataset, make_dataset_loader
             info = describe_dataset(data)
-            if not hasattr(self.model, "check_dataset"):
+            if self.model.data_kind != "classification":
                 raise ValueError(f"{data}: a {info.get('format')} classification file, but the "
                                  f"model is a {self.model.kind} (it needs a language-model corpus)")
             self.model.check_dataset(info, str(data))
             return make_dataset_loader(data, split, batch_size, shuffle=shuffle, seed=self.seed,
                                        backend=self.backend)
         if _is_lm_corpus_source(data):
-            if not hasattr(self.model, "context"):
+            if self.model.data_kind != "lm-corpus":
                 raise ValueError(f"{getattr(data, 'path', data)}: a language-model corpus, but the "
                                  f"model is a {self.model.kind} (give it its classification file)")
             from .data.loader import NGramLoader
@@ -134,9 +133,8 @@ class Engine:
                 raise TrainingDiverged(
                     f"loss became {value} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
                     f"(step {self.step + 1}); the update was not applied")
-        for layer in self.model.self_updating_layers():
-            if hasattr(layer, "prepare_update"):    # layers that update inside backward
-                layer.prepare_update(self.optimizer.current_lr(self.epoch))
+        for layer in self.model.self_updating_layers():   # they may update inside backward
+            layer.prepare_update(self.optimizer.current_lr(self.epoch))
         self.model.backward()
         items = [(key, layer.params[name], layer.grads.get(name))
                  for key, layer, name in self.model.param_items()]
@@ -186,8 +184,7 @@ class Engine:
         if n_batches == 0:
             raise ValueError("training data yields no batch (empty dataset, or batch larger than the "
                              "data with drop_last)")
-        if hasattr(self.optimizer, "set_total_steps"):
-            self.optimizer.set_total_steps(int(epochs) * n_batches)   # for cosine schedules
+        self.optimizer.set_total_steps(int(epochs) * n_batches)   # for cosine schedules
         if sync_every is None:
             sync_every = 1 if self.backend.device == "cpu" else 20
         xp = self.backend.xp
@@ -298,8 +295,7 @@ class Engine:
             for key, value in metrics.items():     # valid_loss, valid_perplexity, valid_p@1, ...
                 if key not in ("examples", "seconds", "device"):
                     record[f"valid_{key}"] = value
-            if hasattr(self.optimizer, "observe"):
-                self.optimizer.observe(metrics["loss"])
+            self.optimizer.observe(metrics["loss"])
         self.history.append(record)
         self.epoch += 1
         self.batch_in_epoch, self.epoch_loss_sum, self.epoch_examples, self.epoch_seconds = 0, 0.0, 0, 0.0

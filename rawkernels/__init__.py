@@ -17,25 +17,4 @@ def source_dir() -> Path:
     return _DIR
 
 
-def source_names(suffix: str = ".cu") -> list[str]:
-    """Names of the kernel sources with `suffix` (".cu" or ".cuh"), sorted."""
-    return sorted(p.name for p in _DIR.iterdir() if p.is_file() and p.name.endswith(suffix))
-
-
-def source_path(name: str) -> Path:
-    """Path of `rawkernels/<name>`; FileNotFoundError naming the files there when missing."""
-    if not name or Path(name).name != name:
-        raise ValueError(f"rawkernels: expected a bare file name, got {name!r}")
-    path = _DIR / name
-    if not path.is_file():
-        known = ", ".join(source_names(".cu") + source_names(".cuh"))
-        raise FileNotFoundError(f"rawkernels: no file {name!r} in {_DIR} (have: {known})")
-    return path
-
-
-def read_source(name: str) -> str:
-    """Text of `rawkernels/<name>`."""
-    return source_path(name).read_text(encoding="utf-8")
-
-
-__all__ = ["read_source", "source_dir", "source_names", "source_path"]
+__all__ = ["source_dir"]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy
 
-from engine.layers.base import RowSparseGrad
+from engine.row_sparse import RowSparseGrad
 
 
 def dense_grad(backend, g):

@@ -34,7 +34,7 @@ the next batches (and their host-to-device copy) while the current one trains.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict
 
 import h5py
 import numpy as np
@@ -328,11 +328,3 @@ class XMCLoader:
 
 def make_loader(path, split, batch_size, shuffle=True, seed=0, backend=None) -> XMCLoader:
     return XMCLoader(path, split, batch_size, shuffle=shuffle, seed=seed, backend=backend)
-
-
-def open_xmc(path) -> Optional[dict]:
-    """Validate every split of a file (sizes, CSR consistency, ids in range); returns describe()."""
-    info = describe(path)
-    for split in info["examples"]:
-        read_split(path, split)
-    return info

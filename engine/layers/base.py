@@ -7,40 +7,26 @@ NumPy generator and then moved to the backend, so a CPU and a GPU model start id
 and returns `dx`. Row-sparse gradients (embeddings, and later meProp rows and factored rows) are
 a `RowSparseGrad(rows, values)` pair, never a dense zero matrix.
 
-A layer whose `owns_update` is True (the factored output of PAPERS.md section 1) applies its own
-exact update in `apply_update(lr)`; optimizers skip its params.
+Optional hooks, defined here as documented no-ops so that the engine and the models call them
+on every layer without probing:
+
+    set_random_key(seed, step)           before each forward: key of counter-based randomness
+    prepare_update(lr)                    before backward, for layers that own their update
+    apply_update(lr)                      after the optimizer step, same layers
+    after_step(step, optimizer, prefix)   after every update (dynamic rewiring)
+
+A layer whose `owns_update` is True (the factored output, the fused-SGD softmax) applies its own
+update in `apply_update(lr)`; optimizers skip its params.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Dict
 
 import numpy
 
+from ..row_sparse import RowSparseGrad
 
-@dataclass
-class RowSparseGrad:
-    """Gradient that is zero except on some rows: dense[rows[n]] += values[n].
-
-    rows: (N,) int64, possibly with duplicates unless `unique` is True;
-    values: (N, D...) the contributions; shape: the dense shape (V, D...).
-    """
-    rows: Any
-    values: Any
-    shape: tuple
-    unique: bool = False
-
-    def coalesced(self, backend) -> "RowSparseGrad":
-        """The same gradient with duplicate rows summed (rows ascending, unique)."""
-        if self.unique:
-            return self
-        rows, values = backend.coalesce_rows(self.rows, self.values)
-        return RowSparseGrad(rows, values, self.shape, unique=True)
-
-    def to_dense(self, backend):
-        dense = backend.zeros(self.shape, self.values.dtype)
-        backend.scatter_add_rows(dense, self.rows, self.values)
-        return dense
+__all__ = ["Layer", "OutputLayer", "RowSparseGrad"]
 
 
 class Layer:
@@ -54,6 +40,7 @@ class Layer:
         self.backend = None
         self.dtype = None
         self.layer_id = 0  # position in the model, used for counter-based randomness
+        self.key = (0, 0)  # (model seed, step) of the next forward, see set_random_key
 
     # -- set-up ---------------------------------------------------------------
     def bind(self, backend, rng: numpy.random.Generator, dtype):
@@ -77,6 +64,25 @@ class Layer:
 
     def zero_grads(self):
         self.grads = {}
+
+    # -- hooks (no-ops unless a layer needs them) ----------------------------------
+    def set_random_key(self, seed: int, step: int):
+        """Key the counter-based randomness (dropout masks, random meProp) of the next forward
+        and backward: the same (seed, step) draws the same numbers on every backend."""
+        self.key = (int(seed), int(step))
+
+    def prepare_update(self, lr: float):
+        """Called before backward with the step's learning rate, for layers whose `owns_update`
+        is True (they may update inside backward, or refuse a step before anything changes)."""
+
+    def apply_update(self, lr: float):
+        """Called after the optimizer step, for layers whose `owns_update` is True: apply this
+        layer's own update with learning rate `lr`."""
+
+    def after_step(self, step: int, optimizer, key_prefix: str = ""):
+        """Called after every update (`step` = updates so far). `key_prefix` is the prefix of
+        this layer's optimizer keys (see Model.param_items), for layers that reset optimizer
+        slots (dynamic rewiring)."""
 
     # -- state ------------------------------------------------------------------
     def state_dict(self) -> Dict[str, numpy.ndarray]:
@@ -110,6 +116,15 @@ class OutputLayer(Layer):
 
     #: Whether `log_prob` is a normalised log-probability (gives perplexity); squared error is not.
     has_likelihood = True
+
+    def rebuild_kwargs(self) -> Dict[str, Any]:
+        """The keyword arguments that rebuild this layer, without in_features and num_classes
+        (what a model stores in its config). Layers that resolve a setting at bind time (the
+        adaptive softmax's "auto" cutoffs) return the resolved value."""
+        cfg = dict(self.config())
+        cfg.pop("in_features", None)
+        cfg.pop("num_classes", None)
+        return cfg
 
     def init_params(self, rng):
         """Dense outputs: W (D, d) uniform in +-init_scale (default 1/sqrt(d)), bias zero.

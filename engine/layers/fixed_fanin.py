@@ -39,11 +39,10 @@ import numpy
 
 from . import fixed_fanin_cpu as cpu
 from . import fixed_fanin_rewire as rewire_ops
+from ..optim.slots import slot_count
 from .base import Layer
 
 METHODS = ("auto", "kernel", "cusparse", "reference")
-#: state slots per parameter of each optimizer, for memory_report
-OPTIMIZER_SLOTS = {"adam": 2, "adamw": 2, "sgd": 0, "momentum": 1, "sgd-momentum": 1}
 
 
 def _is_sparse_matrix(x):
@@ -294,24 +293,14 @@ class FixedFanInLinear(Layer):
         """Bytes of the layer's storage (computable before bind):
 
         weights L K s, indices L K 4, bias L s, grads (L K + L) s, optimizer slots x
-        (L K + L) s (optimizer: None, a name in OPTIMIZER_SLOTS, a slot count, or an Optimizer),
+        (L K + L) s (optimizer: see engine.optim.slots.slot_count),
         csc (deterministic GPU mode: (I + 1) 8 + L K 4); with `batch`: activations = the
         cached transposed input B I s, the output and its gradient 2 B L s, and dx B I s.
         s = the element size of `dtype` (default: the bound dtype, else float32)."""
         s = numpy.dtype(dtype if dtype is not None else (self.dtype or numpy.float32)).itemsize
         L, K, I = self.out_features, self.fan_in, self.in_features
         nb = L if self.use_bias else 0
-        if optimizer is None:
-            slots = 0
-        elif isinstance(optimizer, str):
-            if optimizer.lower() not in OPTIMIZER_SLOTS:
-                raise ValueError(f"memory_report: unknown optimizer {optimizer!r} "
-                                 f"(known: {sorted(OPTIMIZER_SLOTS)}, or pass a slot count)")
-            slots = OPTIMIZER_SLOTS[optimizer.lower()]
-        elif isinstance(optimizer, (int, numpy.integer)):
-            slots = int(optimizer)
-        else:
-            slots = len(getattr(optimizer, "slots", ()))
+        slots = slot_count(optimizer)
         report = {"weights": L * K * s, "indices": L * K * 4, "bias": nb * s,
                   "grads": (L * K + nb) * s, "optimizer": slots * (L * K + nb) * s}
         if self.deterministic and (self.backend is None or self._gpu):

@@ -1,9 +1,14 @@
 """What every model shares: a body that maps inputs to the last hidden `h`, and an output layer.
 
-A subclass sets `self.layers` (all layers, output last), `self.output`, and implements
-`hidden_forward(x, train) -> h` and `hidden_backward(dh)`. This base class provides the loss,
-the backward pass, evaluation helpers, parameter listing for optimizers and state for
-checkpoints.
+A subclass sets `self.layers` (all layers, output last), `self.body` (the hidden layers run in
+order: Linear, activation, dropout, ...) and `self.output`. The base class runs the body
+(`body_forward` / `body_backward`); a model whose input needs a first step of its own (the
+language model's embedding lookup) overrides `hidden_forward(x, train) -> h` and
+`hidden_backward(dh)` around them. This base class also provides the loss, the backward pass,
+evaluation helpers, parameter listing for optimizers and state for checkpoints.
+
+Hooks with documented defaults (no probing): `validate_data(x, y, name)` checks in-memory
+arrays before training on them; `config()` the constructor arguments.
 """
 from __future__ import annotations
 
@@ -14,11 +19,15 @@ import numpy
 
 class Model:
     kind = "model"
+    #: The dataset kind the model trains on: "lm-corpus" (token streams) or "classification"
+    #: (dense or sparse features with labels); the engine refuses the other kind with one line.
+    data_kind = None
     #: Whether evaluation reports perplexity (exp of the mean loss) when the output is a likelihood.
     reports_perplexity = True
 
     def __init__(self):
         self.layers = []
+        self.body = []
         self.output = None
         self.backend = None
         self.dtype = None
@@ -36,18 +45,42 @@ class Model:
     def set_random_key(self, seed: int, step: int):
         """Key for counter-based randomness (dropout) of the next forward."""
         for layer in self.layers:
-            if hasattr(layer, "key"):
-                layer.key = (int(seed), int(step))
+            layer.set_random_key(seed, step)
 
     # -- training -------------------------------------------------------------
     def check_inputs(self, x, targets=None):
         pass
 
+    def validate_data(self, x, y, name="data"):
+        """Check host arrays once before training on them (shapes, ids in range); raise
+        ValueError/TypeError naming `name`. The default accepts anything."""
+
+    def check_dataset(self, info, path: str = "the dataset"):
+        """Check that a dataset's description (sizes, kind) fits the model before any batch
+        is read; raise ValueError naming `path`. The default accepts anything."""
+
+    def body_forward(self, h, train):
+        """Run the hidden layers in order: (B, width_in) -> h (B, d)."""
+        for layer in self.body:
+            h = layer.forward(h, train)
+        return h
+
+    def body_backward(self, dh):
+        """Backward through the hidden layers in reverse; returns d loss / d body input, or None
+        when a layer has no input gradient (a first layer over data stops the pass there)."""
+        for layer in reversed(self.body):
+            dh = layer.backward(dh)
+            if dh is None:
+                return None
+        return dh
+
     def hidden_forward(self, x, train):
-        raise NotImplementedError
+        """Input -> the last hidden h (B, d). Default: the body over x."""
+        return self.body_forward(x, train)
 
     def hidden_backward(self, dh):
-        raise NotImplementedError
+        """Backward from dh (B, d) through the body."""
+        self.body_backward(dh)
 
     def forward(self, x, targets, train=True):
         """Mean loss over the minibatch (0-d device array)."""
@@ -79,9 +112,7 @@ class Model:
         `after_step(step, optimizer, key_prefix)` hook (dynamic rewiring) run it; key_prefix is
         the prefix of that layer's optimizer keys (see param_items)."""
         for i, layer in enumerate(self.layers):
-            hook = getattr(layer, "after_step", None)
-            if hook is not None:
-                hook(step, optimizer, f"{i}.{type(layer).__name__}.")
+            layer.after_step(step, optimizer, f"{i}.{type(layer).__name__}.")
 
     def loss(self, x, targets):
         """Mean loss without caching anything for backward."""
@@ -119,6 +150,13 @@ class Model:
         for i, layer in enumerate(self.layers):
             prefix = f"{i}.{type(layer).__name__}."
             layer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+
+    def output_rebuild_kwargs(self):
+        """The output layer's constructor keywords as a checkpoint must store them: resolved
+        once the model is bound (e.g. adaptive "auto" cutoffs become the list chosen)."""
+        if self.output.backend is None:
+            return dict(self.output_kwargs)
+        return self.output.rebuild_kwargs()
 
     def config(self):
         return {}

@@ -33,6 +33,7 @@ def _is_sparse(x):
 
 class MLPClassifier(Model):
     kind = "mlp-classifier"
+    data_kind = "classification"
     reports_perplexity = False
 
     def __init__(self, num_features: int, num_classes: int, hidden: Sequence[int] = (500, 500),
@@ -124,19 +125,6 @@ class MLPClassifier(Model):
             raise ValueError(f"{path}: {'sparse' if info.get('sparse') else 'dense'} features but "
                              f"the model takes {'sparse' if self.sparse_input else 'dense'} input")
 
-    # -- computation ------------------------------------------------------------------
-    def hidden_forward(self, x, train):
-        h = x
-        for layer in self.body:
-            h = layer.forward(h, train)
-        return h
-
-    def hidden_backward(self, dh):
-        for layer in reversed(self.body):
-            dh = layer.backward(dh)
-            if dh is None:          # the sparse input layer: no gradient for the input
-                break
-
     # -- evaluation -----------------------------------------------------------------------
     def eval_sums(self, x, targets):
         self.check_inputs(x, targets)
@@ -156,9 +144,7 @@ class MLPClassifier(Model):
         return metrics
 
     def config(self):
-        out_kw = self.output_kwargs
-        if hasattr(self.output, "rebuild_kwargs") and self.output.backend is not None:
-            out_kw = self.output.rebuild_kwargs()
+        out_kw = self.output_rebuild_kwargs()
         return {"num_features": self.num_features, "num_classes": self.num_classes,
                 "hidden": list(self.hidden), "activation": self.activation,
                 "dropout": self.dropout, "sparse_input": self.sparse_input,

@@ -22,6 +22,7 @@ from .base import Model
 
 class MLPLanguageModel(Model):
     kind = "mlp-lm"
+    data_kind = "lm-corpus"
 
     def __init__(self, vocab_size: int, context: int = 4, embed_dim: int = 128,
                  hidden: Sequence[int] = (512,), activation: str = "tanh", dropout: float = 0.0,
@@ -76,20 +77,14 @@ class MLPLanguageModel(Model):
 
     def hidden_forward(self, x, train):
         emb = self.embedding.forward(x, train)
-        h = emb.reshape(x.shape[0], self.context * self.embed_dim)
-        for layer in self.body:
-            h = layer.forward(h, train)
-        return h
+        return self.body_forward(emb.reshape(x.shape[0], self.context * self.embed_dim), train)
 
     def hidden_backward(self, dh):
-        for layer in reversed(self.body):
-            dh = layer.backward(dh)
+        dh = self.body_backward(dh)
         self.embedding.backward(dh.reshape(-1, self.context, self.embed_dim))
 
     def config(self):
-        out_kw = self.output_kwargs
-        if hasattr(self.output, "rebuild_kwargs") and self.output.backend is not None:
-            out_kw = self.output.rebuild_kwargs()    # e.g. adaptive cutoffs="auto" -> the list chosen
+        out_kw = self.output_rebuild_kwargs()
         return {"vocab_size": self.vocab_size, "context": self.context,
                 "embed_dim": self.embed_dim, "hidden": list(self.hidden),
                 "activation": self.activation, "dropout": self.dropout,

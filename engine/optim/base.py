@@ -30,7 +30,7 @@ from typing import Any, Dict
 
 import numpy
 
-from engine.layers.base import RowSparseGrad
+from ..row_sparse import RowSparseGrad
 
 from .clipping import clip_grads_
 from .schedules import make_schedule

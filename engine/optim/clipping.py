@@ -11,7 +11,7 @@ No kernel: plain array expressions on `backend.xp`.
 """
 from __future__ import annotations
 
-from engine.layers.base import RowSparseGrad
+from ..row_sparse import RowSparseGrad
 
 #: Elements per partial sum: bounds the temporary that squaring a huge gradient needs.
 CHUNK = 1 << 24

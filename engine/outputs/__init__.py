@@ -1,38 +1,39 @@
 """Output layers over huge outputs, chosen by name with `make_output(name, in_features, num_classes, **kw)`.
 
-Names: "softmax" (exact softmax cross-entropy; `chunk_size` for the chunked mode),
-"squared" (dense squared error, the naive baseline of the factored layer).
-Later techniques register themselves here with `register_output(name, cls)`.
+Every output layer is listed once, in the `OUTPUTS` table below: the name the command line and
+the model configs use, and the class. A new output is one import and one line here.
+
+    softmax            exact softmax cross-entropy, whole or chunked (softmax.py)
+    squared            dense squared error, one-hot or K-hot (the factored layer's naive baseline)
+    adaptive           adaptive softmax (adaptive.py, cutoffs in adaptive_cutoffs.py)
+    factored-*         exact factored layer for sparse targets: squared, spherical, taylor, zloss
+    *-dense            dense references of the spherical family (spherical_dense.py)
+    squared-hinge, bce multi-label losses over dense or fixed fan-in weights (multilabel.py)
 """
 from __future__ import annotations
 
+from .adaptive import AdaptiveSoftmaxOutput
+from .factored import (FactoredSphericalOutput, FactoredSquaredOutput, FactoredTaylorOutput,
+                       FactoredZLossOutput)
+from .multilabel import BCEOutput, SquaredHingeOutput
 from .softmax import SoftmaxOutput
+from .spherical_dense import SphericalDenseOutput, TaylorDenseOutput, ZLossDenseOutput
 from .squared import SquaredErrorOutput
 
-OUTPUTS = {"softmax": SoftmaxOutput, "squared": SquaredErrorOutput}
-
-
-def register_output(name: str, cls):
-    OUTPUTS[name] = cls
-
-
-from .adaptive import AdaptiveSoftmaxOutput  # noqa: E402
-
-register_output("adaptive", AdaptiveSoftmaxOutput)
-
-from .factored import FACTORED_OUTPUTS  # noqa: E402  (issue 3: exact factored output layer)
-from .spherical_dense import SphericalDenseOutput, TaylorDenseOutput, ZLossDenseOutput  # noqa: E402
-
-for _name, _cls in FACTORED_OUTPUTS.items():
-    register_output(_name, _cls)
-register_output("spherical-dense", SphericalDenseOutput)
-register_output("taylor-dense", TaylorDenseOutput)
-register_output("zloss-dense", ZLossDenseOutput)
-
-from .multilabel import BCEOutput, SquaredHingeOutput  # noqa: E402  (issue 6: XMC, dense or FFI)
-
-register_output("squared-hinge", SquaredHingeOutput)
-register_output("bce", BCEOutput)
+OUTPUTS = {
+    "softmax": SoftmaxOutput,
+    "squared": SquaredErrorOutput,
+    "adaptive": AdaptiveSoftmaxOutput,
+    "factored-squared": FactoredSquaredOutput,
+    "factored-spherical": FactoredSphericalOutput,
+    "factored-taylor": FactoredTaylorOutput,
+    "factored-zloss": FactoredZLossOutput,
+    "spherical-dense": SphericalDenseOutput,
+    "taylor-dense": TaylorDenseOutput,
+    "zloss-dense": ZLossDenseOutput,
+    "squared-hinge": SquaredHingeOutput,
+    "bce": BCEOutput,
+}
 
 
 def make_output(name: str, in_features: int, num_classes: int, **kwargs):
@@ -43,6 +44,7 @@ def make_output(name: str, in_features: int, num_classes: int, **kwargs):
     return cls(in_features, num_classes, **kwargs)
 
 
-__all__ = ["SoftmaxOutput", "SquaredErrorOutput", "AdaptiveSoftmaxOutput", "SphericalDenseOutput",
-           "TaylorDenseOutput", "ZLossDenseOutput", "SquaredHingeOutput", "BCEOutput", "OUTPUTS",
-           "register_output", "make_output"]
+__all__ = ["SoftmaxOutput", "SquaredErrorOutput", "AdaptiveSoftmaxOutput",
+           "FactoredSquaredOutput", "FactoredSphericalOutput", "FactoredTaylorOutput",
+           "FactoredZLossOutput", "SphericalDenseOutput", "TaylorDenseOutput", "ZLossDenseOutput",
+           "SquaredHingeOutput", "BCEOutput", "OUTPUTS", "make_output"]

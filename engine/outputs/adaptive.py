@@ -433,9 +433,3 @@ class AdaptiveSoftmaxOutput(OutputLayer):
                 "head_bias": self.head_bias, "tail_bias": self.tail_bias,
                 "reduction": self.reduction, "ignore_index": self.ignore_index,
                 "init_scale": self.init_scale}
-
-    def rebuild_kwargs(self):
-        """output_kwargs that rebuild this layer (what a model stores in its config)."""
-        cfg = self.config()
-        del cfg["in_features"], cfg["num_classes"]
-        return cfg

@@ -163,12 +163,6 @@ class FactoredOutput(OutputLayer):
         W0 = rng.uniform(-a, a, size=(self.num_classes, self.in_features))
         return fs.init_state(W0, self.loss.uses_s)
 
-    def set_dense_weight(self, W):
-        """Restart from a dense W (D, d): V = W, U = I, exact Q (and wbar)."""
-        host = fs.init_state(numpy.asarray(W), self.loss.uses_s)
-        for k, v in host.items():
-            self.params[k] = self.backend.asarray(v.astype(self.dtype))
-
     def dense_weight(self):
         """Export W = V U + 1 a^T as a host (D, d) array (O(D d^2))."""
         W = self.params["V"] @ self.params["U"]
@@ -410,9 +404,3 @@ class FactoredTaylorOutput(FactoredOutput):
 
 class FactoredZLossOutput(FactoredOutput):
     default_loss = "zloss"
-
-
-FACTORED_OUTPUTS = {"factored-squared": FactoredSquaredOutput,
-                    "factored-spherical": FactoredSphericalOutput,
-                    "factored-taylor": FactoredTaylorOutput,
-                    "factored-zloss": FactoredZLossOutput}

@@ -229,14 +229,3 @@ def fix_band(st, xp, lo=0.5, hi=2.0, unfactorize_fraction=1.0 / 3.0):
         V += beta * xp.outer(V @ u, u)
     reinvert(st, xp)
     return f"fixed:{bad.size}"
-
-
-def scale_state(st, factor):
-    """W <- factor W (an exact L2-decay-only step): U, a, wbar scale by factor, Uinv_T by
-    1 / factor, Q by factor^2."""
-    st["U"] *= factor
-    st["Uinv_T"] *= 1.0 / factor
-    st["Q"] *= factor * factor
-    if "a" in st:
-        st["a"] *= factor
-        st["wbar"] *= factor

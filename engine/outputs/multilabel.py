@@ -44,6 +44,7 @@ import numpy
 from ..data.errors import DataError
 from ..layers.base import OutputLayer
 from ..layers.linear import Linear
+from ..optim.slots import slot_count
 from .xmc_metrics import DEFAULT_KS, TopK, finish_metrics, inverse_propensity, metric_sums
 
 #: Largest score block (entries) evaluation and prediction hold at once (16 Mi floats = 64 MiB;
@@ -55,21 +56,6 @@ _FFI_KWARGS = ("method", "deterministic", "rewire_every", "rewire_fraction", "sk
 def _read_label_frequencies(path):
     from ..data.xmc import read_label_frequencies
     return read_label_frequencies(path)
-
-
-def _optimizer_slots(optimizer) -> int:
-    """State buffers per parameter: None -> 0, "sgd" 0, "momentum" 1, "adam" 2, an int, or an
-    Optimizer (its `slots`)."""
-    if optimizer is None:
-        return 0
-    if isinstance(optimizer, (int, numpy.integer)):
-        return int(optimizer)
-    if isinstance(optimizer, str):
-        slots = {"adam": 2, "adamw": 2, "sgd": 0, "momentum": 1, "sgd-momentum": 1}
-        if optimizer.lower() not in slots:
-            raise ValueError(f"memory_report: unknown optimizer {optimizer!r} ({sorted(slots)})")
-        return slots[optimizer.lower()]
-    return len(getattr(optimizer, "slots", ()))
 
 
 class MultilabelOutput(OutputLayer):
@@ -160,10 +146,8 @@ class MultilabelOutput(OutputLayer):
     def zero_grads(self):
         self.inner.zero_grads()
 
-    def after_step(self, step, optimizer, key_prefix):
-        hook = getattr(self.inner, "after_step", None)
-        if hook is not None:
-            hook(step, optimizer, key_prefix)
+    def after_step(self, step, optimizer, key_prefix=""):
+        self.inner.after_step(step, optimizer, key_prefix)
 
     def memory_report(self, optimizer=None, batch=None, dtype=None) -> Dict[str, int]:
         """Bytes of the weight layer, with the FFI layer's keys and conventions (computable
@@ -171,13 +155,12 @@ class MultilabelOutput(OutputLayer):
         weights, bias, grads (same size), optimizer (slots x params; `optimizer` None, a name
         such as "adam", or a slot count) and, with `batch`, activations B (2 d + 2 L) s
         (the cached h, the scores and their gradient, dh)."""
-        report = getattr(self.inner, "memory_report", None)
-        if report is not None:
-            return report(optimizer=optimizer, batch=batch, dtype=dtype)
+        if self.weights == "ffi":
+            return self.inner.memory_report(optimizer=optimizer, batch=batch, dtype=dtype)
         s = numpy.dtype(dtype if dtype is not None else (self.dtype or numpy.float32)).itemsize
         L, d = self.num_classes, self.in_features
         nb = L if self.use_bias else 0
-        slots = _optimizer_slots(optimizer)
+        slots = slot_count(optimizer)
         out = {"weights": L * d * s, "bias": nb * s, "grads": (L * d + nb) * s,
                "optimizer": slots * (L * d + nb) * s}
         if batch is not None:

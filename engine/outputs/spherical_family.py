@@ -46,10 +46,6 @@ class SphericalLoss:
         return {}
 
 
-def _nvalid(valid, dtype):
-    return valid.sum(axis=1).astype(dtype)
-
-
 class SquaredLoss(SphericalLoss):
     name = "squared"
 

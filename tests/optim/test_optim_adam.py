@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from engine.backend import Backend, get_backend, gpu_available
-from engine.layers.base import RowSparseGrad
+from engine.row_sparse import RowSparseGrad
 from engine.optim import Adam
 from optim_reference import adam_reference
 

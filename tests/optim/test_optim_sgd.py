@@ -3,7 +3,7 @@ import numpy
 import pytest
 
 from engine.backend import Backend
-from engine.layers.base import RowSparseGrad
+from engine.row_sparse import RowSparseGrad
 from engine.optim import SGD
 from optim_reference import sgd_reference
 

@@ -5,7 +5,7 @@ import numpy
 import pytest
 
 from engine.backend import Backend
-from engine.layers.base import RowSparseGrad
+from engine.row_sparse import RowSparseGrad
 from engine.optim import SGD, Adam, make_optimizer, optimizer_from_config
 
 

@@ -4,7 +4,7 @@ import numpy
 import pytest
 
 from engine.backend import Backend
-from engine.layers.base import RowSparseGrad
+from engine.row_sparse import RowSparseGrad
 from engine.layers.meprop import masked_reference, select
 from engine.models import MLPClassifier
 from engine.outputs import make_output
