@@ -59,5 +59,8 @@ class SparsePrimitives:
 
     def meprop_products(self, idx_bk, vals_bk, x_bi, W_oi, need_dx=True):
         """meProp per-example backward products of a linear layer y = x W^T (see the module
-        docstring): (rows_u (U,) int64 ascending, dW_u (U, I), dx (B, I) or None)."""
+        docstring): (rows_u (U,) int64 ascending, dW_u (U, I), dx (B, I) or None). One host
+        read: U, which sizes dW_u (a device backend transfers it; counted here alike, so that
+        both backends declare the same reads)."""
+        self.host_reads += 1
         return cpu_sparse.products(idx_bk, vals_bk, x_bi, W_oi, need_dx)
