@@ -2,9 +2,9 @@
 //
 // NumPy reference (the specification): Backend.topk in engine/backend/numpy_topk.py (a partition
 // for each row's k-th largest key, then the keys above it and the lowest-index ties); launcher:
-// CupyBackend.topk in engine/backend/cupy_topk.py. Used by meProp's selection (|dy|, indices
-// ascending) and by every output's predict_topk / metrics (signed scores, then sorted best first
-// by the launcher).
+// CupyBackend._topk_ids in engine/backend/cupy_topk.py. Used by meProp's selection (|dy|, indices
+// ascending) and by every output's predict_topk / metrics (signed scores, then ordered best first
+// by Backend.topk on the device).
 //
 // Conventions (common.cuh has the full list): templates on T, float and double instantiated
 // through NVRTC name expressions, or by `-DRAWKERNELS_INSTANTIATE` for the compile check;
