@@ -59,6 +59,9 @@ class CupySparse:
 
     def to_device_csr(self, x, dtype=None):
         if self.is_csr(x):
+            if not x.has_canonical_format:      # ours are flagged; a foreign one is checked once
+                x = x.copy()
+                x.sum_duplicates()
             if dtype is not None and x.dtype != dtype:
                 x = self._csr_from_parts(x.data.astype(dtype), x.indices, x.indptr, x.shape)
             return x

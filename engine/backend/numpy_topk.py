@@ -81,6 +81,7 @@ class TopKPrimitives:
             key = key.astype(xp.float64)
         nan = xp.isnan(key)
         by_key = xp.argsort(-xp.where(nan, 0, key), axis=1, kind="stable")
-        nan_first = xp.argsort(~xp.take_along_axis(nan, by_key, axis=1), axis=1, kind="stable")
+        not_nan = (~xp.take_along_axis(nan, by_key, axis=1)).astype(xp.int8)   # (sortable)
+        nan_first = xp.argsort(not_nan, axis=1, kind="stable")
         order = xp.take_along_axis(by_key, nan_first, axis=1)
         return xp.take_along_axis(ids_bk, order, axis=1), xp.take_along_axis(values_bk, order, axis=1)

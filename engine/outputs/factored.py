@@ -64,8 +64,9 @@ def _compact_targets(backend, t2, valid, gc):
     distinct target id (ascending), Yc[b, col(t2[b, j])] = sum of gc[b, j] over the valid slots
     naming that id, so that Ydot Ydot^T = Yc Yc^T with O(B^2 K) memory instead of the
     (B, K, B, K) pair table. No host read: `backend.rank_ids` gives each id its column and an
-    upper bound n of their number (exact on the CPU; B K on the GPU, the unused columns stay
-    zero and add nothing to Yc Yc^T)."""
+    upper bound n of their number (exact on the CPU; B K on the GPU, where counting them would
+    be a host read: the unused columns stay zero and add nothing to Yc Yc^T, at the price of
+    B^2 (B K) instead of B^2 n multiply-adds when many targets repeat)."""
     xp = backend.xp
     B, K = t2.shape
     ids = xp.where(valid, t2, -1).reshape(-1)
