@@ -55,6 +55,7 @@ BLOCK = 256
 MAX_BLOCKS = 65535
 
 _modules: dict = {}
+_functions: dict = {}
 
 
 def source_dir() -> Path:
@@ -139,16 +140,25 @@ def get_module(file: str, dtype):
 
 
 def get_kernel(file: str, name: str, dtype):
-    """The compiled `name<T>` of `rawkernels/<file>` for T = dtype (its module compiled once)."""
+    """The compiled `name<T>` of `rawkernels/<file>` for T = dtype (its module compiled once;
+    the function looked up once per device)."""
     if name not in KERNELS.get(file, ()):
         raise KeyError(f"rawkernels: kernel {name!r} of {file!r} is not listed in "
                        f"kernels.KERNELS (add it there)")
-    return get_module(file, dtype).get_function(name_expression(name, dtype))
+    import cupy
+    dt = numpy.dtype(dtype)
+    key = (file, name, dt.name, cupy.cuda.Device().id)
+    fn = _functions.get(key)
+    if fn is None:
+        fn = get_module(file, dt).get_function(name_expression(name, dt))
+        _functions[key] = fn
+    return fn
 
 
 def clear_cache() -> None:
     """Forget the compiled modules (the next get_kernel recompiles, or hits CuPy's disk cache)."""
     _modules.clear()
+    _functions.clear()
 
 
 def _blocks(n_blocks: int) -> int:
