@@ -63,7 +63,7 @@ def _adam_step(param, m, v, grad, *scalars_and_n):
 
 
 def _adam_step_rows(param, m, v, rows, grad, *rest):
-    scalars, (N, D, V) = rest[:8], rest[8:]
+    scalars = rest[:8]                                      # then N, D, V
     p, mm, vv = param[rows], m[rows], v[rows]
     _adam(p, mm, vv, grad.reshape(p.shape), *scalars)
     param[rows], m[rows], v[rows] = p, mm, vv
