@@ -182,14 +182,18 @@ def output_share(engine, data, batch_size, steps=20):
     return timer.seconds / total, 1000.0 * total / n
 
 
-def build(exp, run, vocab_size, device):
+def build(exp, run, corpus, device):
     from engine import Engine, MLPLanguageModel
     from engine.optim import make_optimizer
     m, t = exp["model"], exp["train"]
-    model = MLPLanguageModel(vocab_size, context=m["context"], embed_dim=m["embed_dim"],
+    out_kw = dict(run.get("output_kwargs", {}))
+    if out_kw.get("cutoffs") == "auto":          # the cost model needs the word counts
+        out_kw.setdefault("counts", numpy.asarray(corpus.counts))
+        out_kw.setdefault("auto_batch", int(t["batch_size"]))
+    model = MLPLanguageModel(corpus.vocab_size, context=m["context"], embed_dim=m["embed_dim"],
                              hidden=m["hidden"], activation=m.get("activation", "tanh"),
                              dropout=m.get("dropout", 0.0), output=run["output"],
-                             output_kwargs=dict(run.get("output_kwargs", {})))
+                             output_kwargs=out_kw)
     opt_kw = dict(t.get("optimizer_kwargs", {}))
     opt_kw.update(run.get("optimizer_kwargs", {}))
     optimizer = make_optimizer(t.get("optimizer", "adam"), lr=run.get("lr", t["lr"]),
@@ -203,13 +207,12 @@ def run_one(exp, run, data, runs_dir, device, quick):
     t = exp["train"]
     run_dir = os.path.join(runs_dir, exp["study"]["name"], run["name"])
     ckpt = os.path.join(run_dir, "checkpoint.h5")
-    with open_lm_corpus(data) as corpus:
-        vocab_size = corpus.vocab_size
     if os.path.exists(ckpt) and not quick:
         engine = Engine.from_checkpoint(ckpt, device=device, verbose=False)
         print(f"[study] {run['name']}: resuming at epoch {engine.epoch}", flush=True)
     else:
-        engine = build(exp, run, vocab_size, device)
+        with open_lm_corpus(data, check_tokens=False) as corpus:
+            engine = build(exp, run, corpus, device)
     max_epochs = 1 if quick else int(t["max_epochs"])
     patience = int(t.get("patience", 2))
     steps = 50 if quick else t.get("max_steps_per_epoch")
@@ -247,7 +250,11 @@ def run_one(exp, run, data, runs_dir, device, quick):
                               best, data, "test", [t_best])[0])}
     share, step_ms = output_share(best, data, batch, steps=5 if quick else 20)
     wall = numpy.cumsum([h["seconds"] for h in history]).tolist()
-    row = {"name": run["name"], "output": run["output"],
+    if run["output"] == "adaptive":
+        row_extra = {"cutoffs": list(engine.model.output.cutoffs)}
+    else:
+        row_extra = {}
+    row = {"name": run["name"], "output": run["output"], **row_extra,
            "output_kwargs": run.get("output_kwargs", {}), "device": engine.device,
            "epochs": len(history), "best_epoch": best_epoch,
            "stopped": ("patience" if len(history) < max_epochs else "max_epochs"),
