@@ -54,7 +54,8 @@ class CommStats:
         return sum(b_in + b_out for _, b_in, b_out in self.ops.values())
 
     def as_dict(self):
-        return {op: {"calls": c, "bytes_in": i, "bytes_out": o} for op, (c, i, o) in self.ops.items()}
+        return {op: {"calls": c, "bytes_in": i, "bytes_out": o}
+                for op, (c, i, o) in self.ops.items()}
 
 
 def check_counts(counts, size, what="counts"):

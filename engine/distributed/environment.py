@@ -37,7 +37,8 @@ def launched_size(environ=None) -> int:
             try:
                 return max(1, int(value))
             except ValueError:
-                raise ValueError(f"environment variable {name}={value!r} is not a rank count") from None
+                raise ValueError(f"environment variable {name}={value!r} is not a rank "
+                                 f"count") from None
     return 1
 
 

@@ -56,7 +56,8 @@ class MPIComm(Communicator):
         self.MPI = MPI
         self.comm = comm if comm is not None else MPI.COMM_WORLD
         self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        self.cuda_aware = _env_flag("ENGINE_MPI_CUDA_AWARE") if cuda_aware is None else bool(cuda_aware)
+        self.cuda_aware = (_env_flag("ENGINE_MPI_CUDA_AWARE") if cuda_aware is None
+                           else bool(cuda_aware))
         self._ops = {"sum": MPI.SUM, "max": MPI.MAX}
         if install_excepthook:
             self._install_excepthook()
@@ -117,7 +118,8 @@ class MPIComm(Communicator):
 
     def allgatherv(self, x, counts=None):
         buf, dev = self._to_buffer(x)
-        counts = self.row_counts(buf.shape[0]) if counts is None else check_counts(counts, self.size)
+        counts = (self.row_counts(buf.shape[0]) if counts is None
+                  else check_counts(counts, self.size))
         if counts[self.rank] != buf.shape[0]:
             raise ValueError(f"allgatherv: rank {self.rank} has {buf.shape[0]} rows, counts say "
                              f"{counts[self.rank]}")

@@ -1,9 +1,11 @@
 """One rank of a distributed test job: `mpiexec -n N python tests/distributed/_worker.py ...`.
 
     _worker.py train OUT_DIR SCENARIO [SCENARIO ...]
-        runs each scenario of dist_scenarios.py on the ranks (engine.distributed over MPI) and writes
-        OUT_DIR/<scenario>.rank<r>.npz (losses, final state, which keys are label rows) and
-        OUT_DIR/<scenario>.rank<r>.json (evaluation metrics)
+        runs each scenario of dist_scenarios.py on the ranks (engine.distributed over MPI);
+        writes OUT_DIR/<scenario>.rank<r>.npz (losses, final state) and .json (evaluation
+        metrics, the keys that hold label rows, the number of ranks)
+    _worker.py uncaught RANK
+        rank RANK raises outside any guard: MPIComm's excepthook must still end the job
     _worker.py fail RANK [MESSAGE]
         rank RANK raises (the others wait in a collective): the job must end within seconds
         with that rank's error on stderr
@@ -12,8 +14,12 @@
     _worker.py collectives
         checks every collective of the communicator against its definition on host arrays
         (uneven row counts, 0-d arrays, in place, max, objects) and prints "rank r: ok"
-    _worker.py detect
-        prints the communicator from_environment() gives this rank
+    _worker.py mismatch
+        every rank but rank 0 starts with another configuration: check_same_everywhere must
+        raise on every rank, naming the ranks that differ
+    _worker.py detect [KIND]
+        prints the communicator from_environment(KIND) gives this rank (on the CPU backend, so
+        "nccl" must fall back to MPI and say why)
 
 The repository root goes first on sys.path, so the ranks import this checkout's `engine`.
 """
@@ -84,7 +90,8 @@ def collectives(comm):
     out = comm.allreduce(buf, "sum", inplace=True)
     assert out is buf and numpy.all(buf == total)
     strided = numpy.arange(12.0).reshape(3, 4)[:, ::2] * (r + 1)
-    numpy.testing.assert_array_equal(comm.allreduce(strided), numpy.arange(12.0).reshape(3, 4)[:, ::2] * total)
+    numpy.testing.assert_array_equal(comm.allreduce(strided),
+                                     numpy.arange(12.0).reshape(3, 4)[:, ::2] * total)
     # broadcast and the control messages
     numpy.testing.assert_array_equal(comm.bcast(numpy.full(4, float(r)), root=n - 1),
                                      numpy.full(4, float(n - 1)))
@@ -112,6 +119,8 @@ def kill(comm, rank):
 
 def main(argv):
     comm = from_environment()
+    if argv[0] == "uncaught":
+        fail(comm, int(argv[1]), "uncaught failure")
     with abort_on_error(comm):
         what = argv[0]
         if what == "train":
@@ -122,7 +131,15 @@ def main(argv):
             kill(comm, int(argv[1]))
         elif what == "collectives":
             collectives(comm)
+        elif what == "uncaught":
+            pass
+        elif what == "mismatch":
+            from engine.distributed.step import check_same_everywhere
+            check_same_everywhere(comm, "configurations", {"lr": 0.1 if comm.rank == 0 else 0.2})
         elif what == "detect":
+            if len(argv) > 1:
+                from engine.backend import Backend
+                comm = from_environment(argv[1], backend=Backend())
             say(f"rank {comm.rank} of {comm.size}: {type(comm).__name__}")
         else:
             raise SystemExit(f"_worker.py: unknown command {what!r}")

@@ -32,7 +32,7 @@ def _lm_batches(rng, count, ignore=True):
     return out
 
 
-def _xmc_batches(rng, count, sparse=False):
+def _xmc_batches(rng, count, sparse=False, single=False):
     out = []
     for _ in range(count):
         x = rng.standard_normal((BATCH, FEATURES))
@@ -40,6 +40,9 @@ def _xmc_batches(rng, count, sparse=False):
             import scipy.sparse
             x[rng.random(x.shape) < 0.7] = 0.0
             x = scipy.sparse.csr_matrix(x)
+        if single:                                     # one label per row (accuracy)
+            out.append((x, rng.integers(0, LABELS, size=BATCH)))
+            continue
         k = rng.integers(1, 4, size=BATCH)
         y = numpy.full((BATCH, 3), -1, dtype=numpy.int64)
         for b in range(BATCH):
@@ -65,6 +68,7 @@ SCENARIOS = {
     "softmax-chunked": lambda: (_lm("softmax", chunk_size=7), Adam(lr=0.01, clip_norm=0.5)),
     "softmax-fused-sgd": lambda: (_lm("softmax", chunk_size=7, update="fused-sgd"),
                                   SGD(lr=0.3, momentum=0.9)),
+    "softmax-classifier": lambda: (MLPClassifier(FEATURES, LABELS, hidden=[16]), Adam(lr=0.01)),
     # multi-label over dense and fixed fan-in weights (the FFI ones behind a sparse input layer)
     "hinge-dense": lambda: (_xmc("squared-hinge"), Adam(lr=0.01)),
     "hinge-ffi": lambda: (_xmc("squared-hinge", sparse=True, weights="ffi", fan_in=4),
@@ -84,7 +88,9 @@ SCENARIOS = {
 def data(name):
     """(train batches, eval batches): lists of global (x, y) minibatches."""
     rng = numpy.random.default_rng(100 + sorted(SCENARIOS).index(name))
-    if name.startswith(("softmax", "factored", "adaptive")):
+    if name == "softmax-classifier":
+        batches = _xmc_batches(rng, STEPS + EVAL_BATCHES, single=True)
+    elif name.startswith(("softmax", "factored", "adaptive")):
         batches = _lm_batches(rng, STEPS + EVAL_BATCHES)
     else:
         batches = _xmc_batches(rng, STEPS + EVAL_BATCHES, sparse=name == "hinge-ffi")

@@ -33,6 +33,14 @@ def test_detects_mpiexec():
                                                                      "rank 1 of 2: MPIComm"]
 
 
+def test_nccl_without_a_gpu_per_rank_falls_back_to_mpi():
+    proc = run_job(2, "detect", "nccl", timeout=120)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert sorted(re.findall(r"rank \d of \d: \w+", proc.stdout)) == ["rank 0 of 2: MPIComm",
+                                                                     "rank 1 of 2: MPIComm"]
+    assert proc.stderr.count("[engine] NCCL not used: rank 0: NCCL needs the GPU backend") == 1
+
+
 def test_a_rank_that_raises_ends_the_job():
     proc = run_job(3, "fail", 1, "the shard of rank one is broken", timeout=FAIL_SECONDS)
     assert proc.returncode != 0
@@ -40,7 +48,22 @@ def test_a_rank_that_raises_ends_the_job():
     assert proc.seconds < FAIL_SECONDS
 
 
+def test_an_uncaught_exception_ends_the_job():
+    """Outside abort_on_error: the excepthook MPIComm installs prints and aborts."""
+    proc = run_job(2, "uncaught", 0, timeout=FAIL_SECONDS)
+    assert proc.returncode != 0
+    assert "[rank 0/2] RuntimeError: uncaught failure" in proc.stderr
+    assert proc.seconds < FAIL_SECONDS
+
+
 def test_a_killed_rank_ends_the_job():
     proc = run_job(2, "kill", 1, timeout=FAIL_SECONDS)
     assert proc.returncode != 0
     assert proc.seconds < FAIL_SECONDS
+
+
+def test_ranks_started_with_different_configurations_are_detected():
+    proc = run_job(3, "mismatch", timeout=FAIL_SECONDS)
+    assert proc.returncode != 0
+    assert ("ValueError: ranks were started with different configurations: rank(s) [1, 2] "
+            "differ from rank 0") in proc.stderr
