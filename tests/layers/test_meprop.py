@@ -336,8 +336,8 @@ def test_meprop_backward_against_numpy(backend, float_dtype, to_host, tol, mode)
 @pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
 def test_per_example_cpu_paths_equal_masked_reference(monkeypatch, union_gain, dtype):
     """Both CPU per-example product paths (chosen by UNION_GAIN) equal the masked reference."""
-    from engine.layers import meprop as mp
-    monkeypatch.setattr(mp, "UNION_GAIN", union_gain)
+    from engine.backend import cpu_sparse
+    monkeypatch.setattr(cpu_sparse, "UNION_GAIN", union_gain)
     be = Backend()
     rng = numpy.random.default_rng(5)
     B, O, I, k = 9, 23, 7, 4
