@@ -71,18 +71,12 @@ def local_targets(xp, targets, start, stop):
     return xp.where(t < 0, -1, xp.where(owned, t - start, stop - start))
 
 
-def select_topk(xp, ids, vals, k):
-    """The k best of candidate (ids, vals) (B, C) per row, best first, equal scores by id."""
-    width = vals.shape[1]
-    if width > k:
-        part = xp.argpartition(vals, width - k, axis=1)[:, width - k:]
-        vals = xp.take_along_axis(vals, part, axis=1)
-        ids = xp.take_along_axis(ids, part, axis=1)
-    by_id = xp.argsort(ids, axis=1)
-    ids = xp.take_along_axis(ids, by_id, axis=1)
-    vals = xp.take_along_axis(vals, by_id, axis=1)
-    order = xp.argsort(-vals, axis=1, kind="stable")
-    return xp.take_along_axis(ids, order, axis=1), xp.take_along_axis(vals, order, axis=1)
+def select_topk(backend, ids, vals, k):
+    """The k best of the candidates (ids, vals) (B, C) per row, best first (`backend.topk`:
+    equal scores by position, which is ascending label id when the candidates come in label
+    order, as the ranks' blocks do)."""
+    vals, pos = backend.topk(vals, min(int(k), vals.shape[1]))
+    return backend.xp.take_along_axis(ids, pos, axis=1), vals
 
 
 class ShardedOutput:
@@ -145,7 +139,7 @@ class ShardedOutput:
         xp = self.backend.xp
         k = int(min(k, self.num_labels))
         if self.comm.size == 1:
-            return select_topk(xp, ids, vals, k)
+            return select_topk(self.backend, ids, vals, k)
         rows = ids.shape[0]
         if ids.shape[1] < k:
             fill = k - ids.shape[1]
@@ -158,7 +152,7 @@ class ShardedOutput:
         all_vals = self.comm.allgather(vals).reshape(size, rows, k)
         all_ids = all_ids.transpose(1, 0, 2).reshape(rows, size * k)
         all_vals = all_vals.transpose(1, 0, 2).reshape(rows, size * k)
-        return select_topk(xp, all_ids, all_vals, k)
+        return select_topk(self.backend, all_ids, all_vals, k)
 
 
 __all__ = ["label_range", "check_shardable", "batch_rows", "uniform_rows", "local_targets",

@@ -208,7 +208,7 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
         chunk = max(int(chunk_size or self.topk_chunk), 1)
         HU = H @ p["U"].T
         ha = (H @ p["a"])[:, None] if "a" in p else 0.0
-        top = TopK(xp, H.shape[0], int(min(k, self.local_labels)), self.dtype)
+        top = TopK(self.backend, H.shape[0], int(min(k, self.local_labels)), self.dtype)
         for start in range(0, self.local_labels, chunk):
             stop = min(start + chunk, self.local_labels)
             top.add(self._score(HU @ p["V"][start:stop].T + ha), self.label_start + start)

@@ -152,7 +152,7 @@ class ShardedSoftmaxOutput(ShardedOutput, SoftmaxOutput):
         none = xp.full((rows,), -1, dtype=xp.int64)
         lse_r, _ = self._chunked_lse(H, none, chunk_size)
         lse, _ = self._global_lse(lse_r, xp.zeros((rows,), dtype=self.dtype))
-        top = TopK(xp, rows, int(min(k, self.local_labels)), self.dtype)
+        top = TopK(self.backend, rows, int(min(k, self.local_labels)), self.dtype)
         for start, stop in self._chunks(chunk_size or self.chunk_size or 65536):
             top.add(self._logits(H, start, stop), self.label_start + start)
         ids, vals = top.result()

@@ -64,11 +64,11 @@ def test_select_topk_orders_as_topk():
     rng = numpy.random.default_rng(0)
     scores = rng.standard_normal((6, 40))
     scores[0, 3] = scores[0, 17] = 5.0                  # a tie: the lower label id first
-    top = TopK(numpy, 6, 5, scores.dtype)
+    top = TopK(Backend(), 6, 5, scores.dtype)
     top.add(scores, 0)
     want_ids, want_vals = top.result()
     ids = numpy.broadcast_to(numpy.arange(40), scores.shape)
-    got_ids, got_vals = select_topk(numpy, ids, scores, 5)
+    got_ids, got_vals = select_topk(Backend(), ids, scores, 5)
     numpy.testing.assert_array_equal(got_ids, want_ids)
     numpy.testing.assert_array_equal(got_vals, want_vals)
     assert list(got_ids[0, :2]) == [3, 17]
