@@ -147,7 +147,7 @@ class DistributedStep:
         model.set_random_key(self.seed, self.steps)
         loss = model.forward(x, y, train=True)
         weight = None
-        if self.data_parallel_output:
+        if self.data_parallel_output and self.comm.size > 1:
             loss, weight = data_parallel_loss(self.comm, model.output, loss, y)
         if check_finite:
             value = float(loss)

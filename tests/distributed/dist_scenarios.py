@@ -4,7 +4,8 @@ Each scenario builds an unbound model and its optimizer, and a fixed list of glo
 minibatches (train) and evaluation batches; the same definition serves the single-process
 reference (test_equality.py) and the ranks (_worker.py). Shapes are tiny on purpose:
 B = 13 rows, so 2 and 3 ranks get uneven row counts (6/7 and 4/4/5), and label counts that do
-not divide evenly either (50 words, 23 labels).
+not divide evenly either (50 words, 23 labels); two scenarios use 2-row minibatches, so with 3
+ranks one rank has no row at all.
 """
 from __future__ import annotations
 
@@ -21,13 +22,12 @@ LABELS = 23
 FEATURES = 20
 
 
-def _lm_batches(rng, count, ignore=True):
+def _lm_batches(rng, count, batch=BATCH):
     out = []
     for _ in range(count):
-        x = rng.integers(0, VOCAB, size=(BATCH, 3))
-        y = rng.integers(0, VOCAB, size=(BATCH,))
-        if ignore:
-            y[rng.random(BATCH) < 0.15] = -1          # ignored rows
+        x = rng.integers(0, VOCAB, size=(batch, 3))
+        y = rng.integers(0, VOCAB, size=(batch,))
+        y[rng.random(batch) < 0.15] = -1              # ignored rows
         out.append((x, y))
     return out
 
@@ -82,6 +82,9 @@ SCENARIOS = {
                                 Adam(lr=0.01)),
     # a replicated output, data-parallel
     "adaptive": lambda: (_lm("adaptive", cutoffs=[10, 30]), Adam(lr=0.01)),
+    # minibatches of 2 rows: with 3 ranks, rank 0 gets none (sharded and data-parallel)
+    "softmax-2rows": lambda: (_lm("softmax"), Adam(lr=0.01)),
+    "adaptive-2rows": lambda: (_lm("adaptive", cutoffs=[10, 30]), Adam(lr=0.01)),
 }
 
 
@@ -90,6 +93,8 @@ def data(name):
     rng = numpy.random.default_rng(100 + sorted(SCENARIOS).index(name))
     if name == "softmax-classifier":
         batches = _xmc_batches(rng, STEPS + EVAL_BATCHES, single=True)
+    elif name.endswith("-2rows"):
+        batches = _lm_batches(rng, STEPS + EVAL_BATCHES, batch=2)
     elif name.startswith(("softmax", "factored", "adaptive")):
         batches = _lm_batches(rng, STEPS + EVAL_BATCHES)
     else:
