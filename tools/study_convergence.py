@@ -232,6 +232,14 @@ def run_one(exp, run, data, runs_dir, device, quick):
               + f", {h['seconds']:.0f} s", flush=True)
     history = engine.history
     best_epoch = int(numpy.argmin([h["valid_loss"] for h in history])) + 1
+    if exp["study"].get("valid_only"):          # a sweep: the validation loss decides
+        row = {"name": run["name"], "output": run["output"],
+               "output_kwargs": run.get("output_kwargs", {}), "epochs": len(history),
+               "best_epoch": best_epoch, "best_valid_loss": history[best_epoch - 1]["valid_loss"],
+               "valid_perplexity": [h.get("valid_perplexity") for h in history],
+               "seconds_per_epoch": float(numpy.mean([h["seconds"] for h in history]))}
+        print(f"[study] {run['name']}: best valid loss {row['best_valid_loss']:.4f}", flush=True)
+        return row
     best = Engine.from_checkpoint(os.path.join(run_dir, "best.h5"), device=device, verbose=False)
     likelihood = best.model.output.has_likelihood
     if likelihood:
@@ -289,6 +297,20 @@ def time_to_reach(row, target):
 
 
 def write_outputs(exp, rows, out_json):
+    if exp["study"].get("valid_only"):
+        os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+        with open(out_json, "w") as fh:
+            json.dump({"study": exp["study"], "model": exp["model"], "train": exp["train"],
+                       "rows": rows}, fh, indent=1, default=float)
+        lines = [f"# {exp['study']['name']}", "", exp["study"].get("description", "").strip(),
+                 "", "| run | output | options | best valid loss | valid ppl |", "|---|---|---|---|---|"]
+        for r in rows:
+            ppl = r["valid_perplexity"][r["best_epoch"] - 1] if r.get("valid_perplexity") else None
+            lines.append(f"| {r['name']} | {r['output']} | {r['output_kwargs']} | "
+                         f"{r['best_valid_loss']:.4f} | {'-' if ppl is None else f'{ppl:.1f}'} |")
+        with open(os.path.splitext(out_json)[0] + ".md", "w") as fh:
+            fh.write("\n".join(lines) + "\n")
+        return
     reference = next((r for r in rows if r["output"] == "softmax"), None)
     if reference is not None and reference.get("valid_perplexity"):
         target = min(reference["valid_perplexity"])
