@@ -36,15 +36,32 @@ OUTPUTS = {
 }
 
 
+def keywords(cls):
+    """The keyword arguments an output's constructor takes (besides in_features and
+    num_classes), or None when it takes any (`**kwargs`)."""
+    import inspect
+    names = set()
+    for name, p in inspect.signature(cls.__init__).parameters.items():
+        if p.kind == p.VAR_KEYWORD:
+            return None
+        if name not in ("self", "in_features", "num_classes") and p.kind != p.VAR_POSITIONAL:
+            names.add(name)
+    return names
+
+
 def make_output(name: str, in_features: int, num_classes: int, **kwargs):
     try:
         cls = OUTPUTS[name]
     except KeyError:
         raise ValueError(f"unknown output {name!r}; choose from {sorted(OUTPUTS)}") from None
+    known = keywords(cls)
+    unknown = [k for k in kwargs if known is not None and k not in known]
+    if unknown:
+        raise ValueError(f"{name}: unknown arguments {unknown} (known: {', '.join(sorted(known))})")
     return cls(in_features, num_classes, **kwargs)
 
 
 __all__ = ["SoftmaxOutput", "SquaredErrorOutput", "AdaptiveSoftmaxOutput",
            "FactoredSquaredOutput", "FactoredSphericalOutput", "FactoredTaylorOutput",
            "FactoredZLossOutput", "SphericalDenseOutput", "TaylorDenseOutput", "ZLossDenseOutput",
-           "SquaredHingeOutput", "BCEOutput", "OUTPUTS", "make_output"]
+           "SquaredHingeOutput", "BCEOutput", "OUTPUTS", "make_output", "keywords"]
