@@ -181,6 +181,8 @@ def cmd_train(args):
         raw.pop("config")
         given = raw
     values = ct.parse_values(given, table)
+    if "resume" in values and "data" not in values:       # the data the run recorded
+        values.update(ct.recorded_data(values["resume"]))
     data = values.get("data") or _default_data()
     info = describe(data)
     run = run_values(RUN_OPTIONS, {k: values[k] for k in ("test", "json") if k in values})

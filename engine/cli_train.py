@@ -170,15 +170,14 @@ def config_values(path, table):
     """{dest: raw value} of a config file, its keys checked (one line for an unknown one)."""
     import difflib
 
-    from .config import read_config
+    from .config import config_entries
     values = {}
     known = [d for d in table if d != "config"]
-    for key, value in read_config(path).items():
-        dest = key
+    for key, dest, value in config_entries(path):
         if dest.startswith("no-") and dest[3:] in table and table[dest[3:]][0][1].switch:
             dest, value = dest[3:], _negate(path, key, value)
         if dest not in known:
-            close = difflib.get_close_matches(key, known, n=1)
+            close = difflib.get_close_matches(dest, known, n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
             raise OptionError(f"{path}: unknown key {key!r}{hint}; the keys are engine train's "
                               f"flags without their dashes (engine train --help)")
@@ -192,9 +191,20 @@ def _negate(path, key, value):
     return not value
 
 
-def parse_values(raw, table):
-    """{dest: value}: each raw value parsed by its flag's declaration (one line on error)."""
-    return {dest: table[dest][0][1].value(value) for dest, value in raw.items()}
+def parse_values(raw, table, validate=False):
+    """{dest: value}: each raw value parsed by its flag's declaration (and, with `validate`,
+    checked by it; otherwise each owner checks its own in plan_for). One OptionError line
+    naming every bad value."""
+    values, problems = {}, []
+    for dest, value in raw.items():
+        o = table[dest][0][1]
+        try:
+            values[dest] = o.value(value) if validate else o.parse_value(value)
+        except OptionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise OptionError("; ".join(problems))
+    return values
 
 
 # ------------------------------------------------------------------- which flags apply
@@ -315,8 +325,18 @@ def resume_engine(values, info, table):
     from .config import read_config, resolved_run_config
     from .engine import Engine
     from .optim import make_schedule
+    problems = []
+    for dest, value in values.items():
+        try:
+            table[dest][0][1].validate(value)
+        except OptionError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise OptionError("; ".join(problems))
     path = values["resume"]
-    engine = Engine.from_checkpoint(path, device=values.get("device", "auto"))
+    # quiet while deciding: a refused resume prints its one error line and nothing else
+    engine = Engine.from_checkpoint(path, device=values.get("device", "auto"), verbose=False)
+    engine.verbose = True
     engine.check_data(info)
     before = {}
     for name, entries in resolved_run_config(engine, info).items():
@@ -345,7 +365,7 @@ def resume_engine(values, info, table):
             if not same:
                 fixed.append(f"--{dest}")
             continue
-        if not same:
+        if not same and dest not in _DISPLAY:
             changes.append(f"--{dest} {_show(old)} -> {_show(value)}")
     if fixed:
         resumable = sorted(f"--{d}" for d, entries in table.items()
@@ -366,6 +386,22 @@ def resume_engine(values, info, table):
     return engine, changes
 
 
+#: resumable flags that change only what is shown, not the training: not logged as changes
+_DISPLAY = ("json", "progress", "test", "run-dir")
+
+
+def recorded_data(checkpoint):
+    """{"data": path} from the config.toml beside a checkpoint, when it names a file that
+    exists; else {} (the caller then uses its default)."""
+    from .config import read_config
+    path = os.path.join(os.path.dirname(os.path.abspath(checkpoint)), "config.toml")
+    try:
+        data = read_config(path).get("data")
+    except ValueError:
+        return {}
+    return {"data": data} if isinstance(data, str) and os.path.isfile(data) else {}
+
+
 def _normal(value):
     if isinstance(value, (list, tuple)):
         return [_normal(v) for v in value]
@@ -383,5 +419,5 @@ def _show(value):
 
 
 __all__ = ["owners", "flag_table", "add_train_arguments", "given_values", "config_values",
-           "parse_values", "choose_owners", "plan_for", "build_engine", "resume_engine",
+           "parse_values", "choose_owners", "plan_for", "build_engine", "resume_engine", "recorded_data",
            "training_values"]

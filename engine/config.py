@@ -133,6 +133,11 @@ def loads(text: str) -> dict:
 def read_config(path) -> Dict[str, Any]:
     """{key: value} of a config file, tables flattened, keys with dashes (`fan_in` -> `fan-in`).
     ConfigError (naming the file) when it is missing, not TOML, or holds a key twice."""
+    return {name: value for _, name, value in config_entries(path)}
+
+
+def config_entries(path):
+    """[(key as written, key with dashes, value)] of a config file (see read_config)."""
     path = os.fspath(path)
     try:
         with open(path, "rb") as fh:
@@ -143,7 +148,7 @@ def read_config(path) -> Dict[str, Any]:
         raise ConfigError(f"{path}: cannot read the config file: {exc.strerror or exc}") from None
     except ValueError as exc:                        # tomllib.TOMLDecodeError
         raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-    flat: Dict[str, Any] = {}
+    entries = []
     where: Dict[str, str] = {}
     for key, value in data.items():
         items = value.items() if isinstance(value, dict) else [(key, value)]
@@ -153,10 +158,11 @@ def read_config(path) -> Dict[str, Any]:
                 raise ConfigError(f"{path}: [{table}] {k}: tables nest one level deep at most")
             name = k.replace("_", "-")
             here = f"[{table}] {k}" if table else k
-            if name in flat:
+            if name in where:
                 raise ConfigError(f"{path}: {name} is given twice ({where[name]} and {here})")
-            flat[name], where[name] = v, here
-    return flat
+            where[name] = here
+            entries.append((k, name, v))
+    return entries
 
 
 # --------------------------------------------------------------------- the resolved config
@@ -229,5 +235,5 @@ CONFIG_HEADER = ("The resolved options of this run: `engine train --config {path
                  "\"none\".")
 
 
-__all__ = ["ConfigError", "dumps", "loads", "read_config", "write_config", "option_table",
+__all__ = ["ConfigError", "dumps", "loads", "read_config", "config_entries", "write_config", "option_table",
            "resolved_run_config", "CONFIG_HEADER"]

@@ -221,17 +221,20 @@ class Option:
         """The value used when the option is not given (before `default_from`)."""
         return self.default if self.cli_default is MISSING else self.cli_default
 
-    def value(self, raw):
-        """Parse and check a raw value (a string, or a typed TOML value); OptionError names
-        the flag. A list option parses each item."""
+    def parse_value(self, raw):
+        """A raw value (a string, or a typed TOML value) parsed; OptionError names the flag.
+        A list option parses each item."""
         try:
             if self.many:
                 items = raw if isinstance(raw, (list, tuple)) else _items(raw)
-                value = [self.parse(v) for v in items]
-            else:
-                value = self.parse(raw)
+                return [self.parse(v) for v in items]
+            return self.parse(raw)
         except ValueError as exc:
             raise OptionError(f"{self.flag}: {exc}") from None
+
+    def value(self, raw):
+        """Parse and check a raw value (OptionError, one line naming the flag)."""
+        value = self.parse_value(raw)
         self.validate(value)
         return value
 
