@@ -17,8 +17,8 @@ C classes, B minibatch rows.
 label in [0, C), every float feature finite; scanned in bounded chunks) and raises `DataError`
 naming the file, the field (e.g. /train/y) and the first bad row.
 
-`describe(path)` and `make_loader(path, split, batch_size, shuffle, seed, backend)` are the two
-functions engine/data/registry.py dispatches to. The loader keeps a split in memory when it
+`describe_file(path, open_file)` (-> DatasetInfo) and `make_loader(path, split, batch_size,
+shuffle, seed, backend)` are the two functions engine/data/registry.py dispatches to. The loader keeps a split in memory when it
 fits under `max_memory_bytes` (MNIST: 172 MB as float32), and otherwise reads each minibatch's
 rows from the file (sorted indices, one HDF5 read per batch), so no split has to fit in memory.
 """

@@ -19,6 +19,8 @@ Token streams are chunked and gzip-compressed (gzip rather than lzf: any HDF5 to
 `open_lm_corpus` validates everything a training run relies on before it starts (format,
 version, vocabulary/counts consistency, every token id in [0, V), scanned in bounded chunks)
 and raises `DataError` naming the file, the field or split, and the first bad position.
+`describe_file(path, open_file)` is the registry's description (a DatasetInfo: vocabulary,
+counts, split lengths; tokens not scanned).
 """
 from __future__ import annotations
 

@@ -23,8 +23,9 @@ kept in file order; the train split is the rest, and /label_counts counts the tr
 The file is written atomically (a temporary file beside the target, fsync, os.replace); on any
 error nothing is left at the target and an older file there is untouched.
 
-`describe(path)` and `make_loader(path, split, batch_size, shuffle, seed, backend)` are the
-format-module protocol of registry.py. `XMCLoader` holds one split's CSR arrays in host memory
+`describe_file(path, open_file)` (-> DatasetInfo, with the training label counts) and
+`make_loader(path, split, batch_size, shuffle, seed, backend)` are the format-module protocol of
+registry.py. `XMCLoader` holds one split's CSR arrays in host memory
 (compact: 12 bytes per non-zero, about 0.5 GB for Amazon-670K's training split) and yields
 (x, y): x the (B, F) CSR minibatch (scipy.sparse.csr_matrix, or cupyx.scipy.sparse.csr_matrix on
 a GPU backend), y (B, K) int32 label ids padded with -1 (K >= 1). Epoch e is shuffled by
