@@ -314,7 +314,7 @@ def cmd_prepare(args):
         raise SystemExit("engine prepare: choose text, ptb, sotu, mnist, xmc or xmc-synthetic "
                          "(see engine prepare -h)")
     print(f"[engine] {info}")
-    return info.as_dict() if hasattr(info, "as_dict") else {"output": args.output}
+    return info if isinstance(info, dict) else info.as_dict()
 
 
 def cmd_bench(args):

@@ -23,7 +23,6 @@ checkpoint's values or the run is refused with one line listing them.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from collections import namedtuple
 
@@ -158,12 +157,9 @@ def add_train_arguments(parser):
 # ------------------------------------------------------------------------------- values
 def given_values(args, table):
     """{dest: raw value} of the flags given on the command line."""
-    out = {}
-    for dest in table:
-        key = dest.replace("-", "_")
-        if hasattr(args, key):
-            out[dest] = getattr(args, key)
-    return out
+    given = vars(args)
+    return {dest: given[dest.replace("-", "_")] for dest in table
+            if dest.replace("-", "_") in given}
 
 
 def config_values(path, table):

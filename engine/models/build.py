@@ -108,15 +108,11 @@ def build_model_for(info: DatasetInfo, options: Optional[Mapping[str, Any]] = No
     given["output"] = output_for(info, cls, given.get("output"))
     out_kw = dict(given.pop("output_kwargs", None) or {})
     check_output_kwargs(given["output"], out_kw)
-    values = {}
-    for o in cls.OPTIONS:                      # defaults only for options that apply
-        if o.name in given:
-            values[o.name] = given[o.name]
-    for o in cls.OPTIONS:
-        if o.name not in values and o.applies(values) and o.name not in ("output_kwargs",):
-            default = derived[o.default_from] if o.default_from else o.run_default
-            if default is not None:
-                values[o.name] = default
+    resolved = {o.name: given[o.name] if o.name in given else
+                derived[o.default_from] if o.default_from else o.run_default for o in cls.OPTIONS}
+    values = {o.name: resolved[o.name] for o in cls.OPTIONS     # defaults of what applies
+              if o.name in given or (o.applies(resolved) and resolved[o.name] is not None
+                                     and o.name != "output_kwargs")}
     kwargs = constructor_kwargs(cls.OPTIONS, values)
     kwargs["output_kwargs"] = _output_kwargs(info, OUTPUTS[given["output"]], out_kw, derived)
     if info.kind == LM_CORPUS:
