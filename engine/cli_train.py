@@ -213,12 +213,10 @@ class Plan:
 
 
 def _not_applicable(dest, entries, chosen):
-    roles = [r for r in ROLE_FLAG if any(owner.role == r for owner, _ in entries)]
-    for role in roles:
-        names = [owner.name for owner, _ in entries if owner.role == role]
-        return (f"--{dest} applies to {ROLE_FLAG[role]} {', '.join(names)}, "
-                f"not to {chosen[role].name}")
-    return f"--{dest} does not apply here"
+    """"--x applies to --output a, b, not to c": the owners of the first role declaring it."""
+    role = next(r for r in ROLE_FLAG if any(owner.role == r for owner, _ in entries))
+    names = [owner.name for owner, _ in entries if owner.role == role]
+    return f"--{dest} applies to {ROLE_FLAG[role]} {', '.join(names)}, not to {chosen[role].name}"
 
 
 def _when_message(o, owner_options, values):

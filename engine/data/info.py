@@ -33,7 +33,7 @@ LM_CORPUS = "lm-corpus"
 CLASSIFICATION = "classification"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)         # arrays inside: compare summary() instead
 class DatasetInfo:
     path: str
     format: str

@@ -31,7 +31,7 @@ def test_round_trip_describe_and_registry(tmp_path, x_dtype):
     path, splits = small(tmp_path, x_dtype)
     assert dataset_format(path) == "engine-classification"
     info = describe(path)
-    assert info == describe_dataset(path)
+    assert info.summary() == describe_dataset(path).summary()
     assert (info.num_features, info.num_classes, info.multilabel, info.sparse) == \
         (6, 4, False, False)
     assert info.splits == {"train": 23, "valid": 7, "test": 5} and info.format == dataset_format(path)
