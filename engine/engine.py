@@ -220,7 +220,7 @@ class Engine:
                              "data with drop_last)")
         self.optimizer.set_total_steps(int(epochs) * n_batches)   # for cosine schedules
         if sync_every is None:
-            sync_every = 1 if self.backend.device == "cpu" else 20
+            sync_every = self.backend.sync_every_default
         xp = self.backend.xp
         # the loss curve keeps about 200 points per epoch (means over the sync points between them)
         log_every = max(sync_every, n_batches // 200)

@@ -1,8 +1,9 @@
 // factored_rows.cu -- target-row gather and row-update scatter of the factored output layer
-// (PAPERS.md section 1; engine/outputs/factored.py).
+// (engine/outputs/factored.py).
 //
-// NumPy references (the specification): gather_target_rows / scatter_outer_rows in
-// engine/outputs/factored.py (V[ids] with -1 -> zero rows; V[ids[n]] += coef[n] * rows[n / K]).
+// NumPy references (the specification): Backend.factored_gather_rows /
+// Backend.factored_scatter_rows in engine/backend/numpy_factored.py (V[ids] with invalid slots
+// -> zero rows; V[ids[n]] += coef[n] * rows[n / K]); launchers in engine/backend/cupy_factored.py.
 //
 // Conventions (common.cuh has the full list): templates on T, float and double instantiated
 // through NVRTC name expressions, or by `-DRAWKERNELS_INSTANTIATE` for the compile check;

@@ -1,8 +1,8 @@
-// ffi.cu -- the fixed fan-in (FFI) sparse layer (PAPERS.md section 4; engine/layers/fixed_fanin.py).
+// ffi.cu -- the fixed fan-in (FFI) sparse layer (engine/layers/fixed_fanin.py).
 //
-// NumPy references (the specification): reference_forward, reference_grad_weights and
-// reference_grad_input in engine/layers/fixed_fanin_cpu.py; launchers in
-// engine/layers/fixed_fanin_gpu.py.
+// NumPy reference (the specification): Backend.ffi_forward / Backend.ffi_backward with
+// method="reference" in engine/backend/numpy_ffi.py; launchers in engine/backend/cupy_ffi.py
+// (whose cuSPARSE path also uses ffi_backward, without its dx part, for the weight gradient).
 //
 //   out[b, l]  = sum_k w[l, k] x[b, idx[l, k]] + bias[l]
 //   dw[l, k]   = sum_b dy[b, l] x[b, idx[l, k]]

@@ -1,7 +1,10 @@
-// topk_rows.cu -- per-row top-k selection by magnitude, for meProp (PAPERS.md section 3).
+// topk_rows.cu -- per-row top-k selection: the k largest values (or magnitudes) of each row.
 //
-// NumPy reference (the specification): engine.layers.meprop.topk_rows (argpartition of -|a|
-// per row, then sorted); launcher: engine.layers.meprop._topk_rows_gpu.
+// NumPy reference (the specification): Backend.topk in engine/backend/numpy_topk.py (a partition
+// for each row's k-th largest key, then the keys above it and the lowest-index ties); launcher:
+// CupyBackend._topk_ids in engine/backend/cupy_topk.py. Used by meProp's selection (|dy|, indices
+// ascending) and by every output's predict_topk / metrics (signed scores, then ordered best first
+// by Backend.topk on the device).
 //
 // Conventions (common.cuh has the full list): templates on T, float and double instantiated
 // through NVRTC name expressions, or by `-DRAWKERNELS_INSTANTIATE` for the compile check;
@@ -9,28 +12,42 @@
 //
 // Shapes: a_bo (B, O) C-contiguous, idx_bk (B, K) int64, 1 <= K <= O.
 //
+// Ranking key (an unsigned integer that orders like the numbers): with `magnitude` the bits of
+// |a| (sign bit cleared); otherwise the IEEE bits mapped to an order-preserving unsigned key
+// (negative numbers: all bits flipped; non-negative: sign bit set), with -0.0 equal to +0.0.
+// Every NaN gets the largest key, so NaN ranks above every number (a NaN surfaces in the
+// top-k) and NaNs tie with each other. Equal keys are broken towards the lowest index.
+//
 // One block per row (grid-stride over rows: any grid is correct; blockDim.x a multiple of 32):
-//   1. Radix select on the bits of |a| (the sign bit cleared, so the bit patterns of the
-//      non-negative floats order like the numbers): 8 bits per pass (4 passes for float, 8 for
-//      double), each a shared-memory histogram of the candidates that still match the prefix;
-//      it yields the K-th largest key `thr` and how many keys equal to thr must be taken.
+//   1. Radix select on the key: 8 bits per pass (4 passes for float, 8 for double), each a
+//      shared-memory histogram of the candidates that still match the prefix; it yields the
+//      K-th largest key `thr` and how many keys equal to thr must be taken.
 //   2. Ordered compaction: every key > thr, and the first `take_eq` keys == thr in index order
 //      (ties broken towards the lowest index), written in ascending index order by block-wide
 //      exclusive counts (warp ballots), so the output is deterministic.
-// NaN has a larger |bit pattern| than inf, so NaN entries are selected first (they surface).
 #include "common.cuh"
 
-template <typename T> struct rk_abs_key;
-template <> struct rk_abs_key<float> {
+template <typename T> struct rk_topk_key;
+template <> struct rk_topk_key<float> {
     typedef unsigned int U;
     static const int BITS = 32;
-    static __device__ __forceinline__ U of(float v) { return __float_as_uint(v) & 0x7fffffffu; }
+    static __device__ __forceinline__ U of(float v, int magnitude) {
+        if (v != v) return 0xffffffffu;                      // NaN: above every number
+        U u = __float_as_uint(v);
+        if (magnitude) return u & 0x7fffffffu;
+        if ((u & 0x7fffffffu) == 0u) u = 0u;                 // -0.0 == +0.0
+        return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    }
 };
-template <> struct rk_abs_key<double> {
+template <> struct rk_topk_key<double> {
     typedef unsigned long long U;
     static const int BITS = 64;
-    static __device__ __forceinline__ U of(double v) {
-        return (unsigned long long)__double_as_longlong(v) & 0x7fffffffffffffffULL;
+    static __device__ __forceinline__ U of(double v, int magnitude) {
+        if (v != v) return 0xffffffffffffffffULL;            // NaN: above every number
+        U u = (unsigned long long)__double_as_longlong(v);
+        if (magnitude) return u & 0x7fffffffffffffffULL;
+        if ((u & 0x7fffffffffffffffULL) == 0ULL) u = 0ULL;   // -0.0 == +0.0
+        return (u & 0x8000000000000000ULL) ? ~u : (u | 0x8000000000000000ULL);
     }
 };
 
@@ -60,8 +77,9 @@ __device__ __forceinline__ int block_exclusive_count(bool flag, int* s_warp, int
 
 template <typename T>
 __global__ void topk_rows(long long* __restrict__ idx_bk, const T* __restrict__ a_bo,
-                          const long long B, const long long O, const long long K) {
-    typedef typename rk_abs_key<T>::U U;
+                          const long long B, const long long O, const long long K,
+                          const int magnitude) {
+    typedef typename rk_topk_key<T>::U U;
     __shared__ unsigned int hist[256];
     __shared__ U s_prefix;
     __shared__ long long s_remaining;
@@ -77,11 +95,11 @@ __global__ void topk_rows(long long* __restrict__ idx_bk, const T* __restrict__ 
         // 1. radix select of the K-th largest key, most significant digit first
         U prefix = 0, mask = 0;
         long long remaining = K;           // rank of the wanted key among the candidates
-        for (int shift = rk_abs_key<T>::BITS - 8; shift >= 0; shift -= 8) {
+        for (int shift = rk_topk_key<T>::BITS - 8; shift >= 0; shift -= 8) {
             for (int i = tid; i < 256; i += blockDim.x) hist[i] = 0u;
             __syncthreads();
             for (long long j = tid; j < O; j += blockDim.x) {
-                const U key = rk_abs_key<T>::of(row[j]);
+                const U key = rk_topk_key<T>::of(row[j], magnitude);
                 if ((key & mask) == prefix) {
                     atomicAdd(&hist[(unsigned int)((key >> shift) & (U)255)], 1u);
                 }
@@ -110,7 +128,7 @@ __global__ void topk_rows(long long* __restrict__ idx_bk, const T* __restrict__ 
         __syncthreads();
         for (long long t0 = 0; t0 < O; t0 += blockDim.x) {
             const long long j = t0 + tid;
-            const U key = (j < O) ? rk_abs_key<T>::of(row[j]) : (U)0;
+            const U key = (j < O) ? rk_topk_key<T>::of(row[j], magnitude) : (U)0;
             const bool gt = (j < O) && key > prefix;
             const bool eq = (j < O) && key == prefix;
             const int r_eq = block_exclusive_count(eq, s_warp, &s_total[0]);
@@ -129,7 +147,7 @@ __global__ void topk_rows(long long* __restrict__ idx_bk, const T* __restrict__ 
 #ifdef RAWKERNELS_INSTANTIATE
 #define RK_INSTANTIATE_TOPK_ROWS(T)                                                             \
     template __global__ void topk_rows<T>(long long*, const T*, const long long,               \
-                                          const long long, const long long);
+                                          const long long, const long long, const int);
 RK_INSTANTIATE_TOPK_ROWS(float)
 RK_INSTANTIATE_TOPK_ROWS(double)
 #endif

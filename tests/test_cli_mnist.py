@@ -6,6 +6,7 @@ import json
 import numpy
 import pytest
 
+from baselines import majority_class_accuracy
 from engine import Engine
 from engine.cli import main
 from engine.data.mnist import STEMS, write_idx
@@ -40,9 +41,11 @@ def test_train_with_meprop_json_has_test_accuracy(tmp_path, tiny_mnist, capsys, 
                  "--meprop-mode", mode, "--lr", "0.005", "--epochs", "3", "--batch-size", "20", "--device", "cpu",
                  "--run-dir", str(run), "--no-progress", "--json"]) == 0
     result = last_json(capsys)
-    assert 0.0 <= result["test_accuracy"] <= 1.0
-    if mode != "random":
-        assert result["test_accuracy"] > 0.5          # chance is 0.1
+    # always predicting the most frequent training class scores 0.15 on this test split;
+    # every mode, random included, measured 1.0
+    baseline = majority_class_accuracy(tiny_mnist)
+    assert 0.05 < baseline < 0.3
+    assert result["test_accuracy"] > baseline + 0.5, (result, baseline)
     engine = Engine.from_checkpoint(str(run / "checkpoint.h5"), device="cpu", verbose=False)
     hidden = [layer for layer in engine.model.body if hasattr(layer, "meprop")]
     assert hidden and all(layer.meprop == {"k": 10, "mode": mode, "seed": 0} for layer in hidden)

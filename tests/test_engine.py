@@ -56,6 +56,7 @@ def test_resume_is_bit_identical(tmp_path, opt, output, kw):
     pf, pr = params(full), params(resumed)
     for k in pf:
         assert numpy.array_equal(pf[k], pr[k]), k
+    assert len(hist_res) == len(hist_full) == 3
     for a, b in zip(hist_full, hist_res):
         assert a["train_loss"] == b["train_loss"] and a["valid_loss"] == b["valid_loss"]
     assert resumed.optimizer.step_count == full.optimizer.step_count

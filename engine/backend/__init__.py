@@ -1,8 +1,32 @@
 """Backends: where arrays live and how the shared primitives run.
 
 `get_backend("cpu" | "gpu" | "auto")` returns a `Backend` (NumPy, the reference) or a
-`CupyBackend` (CuPy with the kernels of `rawkernels/`). Importing this package never imports
-CuPy; "auto" picks the GPU only when CuPy imports and sees a device, and says which it chose.
+`CupyBackend` (CuPy with the kernels of `rawkernels/` and cuSPARSE). Importing this package never
+imports CuPy; "auto" picks the GPU only when CuPy imports and sees a device, and says which it
+chose. Layers reach every kernel through a Backend method and never branch on the device: what
+differs between devices is a backend attribute (`sync_every_default`, `host_checks_are_free`,
+`ffi_methods`) or a primitive.
+
+Primitives, their NumPy reference and their kernel (a new backend is one class overriding these;
+tests/backend/test_backend_signatures.py checks that every override keeps the signature):
+
+    primitive                          NumPy reference            GPU (CupyBackend)
+    gather_rows, scatter_add_rows      numpy_backend.py (numba)   scatter_rows.cu
+    coalesce_rows, unique_inverse,     numpy_backend.py           the same code on CuPy arrays
+      rank_ids, sort_groups
+    softmax_xent_fused,                numpy_backend.py           softmax_xent.cu
+      logsumexp_chunk_update,
+      softmax_xent_grad_chunk
+    adam_step, adam_step_rows          numpy_backend.py (numba)   adam.cu
+    topk                               numpy_topk.py (numba)      topk_rows.cu (cupy_topk.py)
+    ffi_forward, ffi_backward          numpy_ffi.py (cpu_ffi.py)  ffi.cu, cuSPARSE (cupy_ffi.py)
+    factored_gather_rows,              numpy_factored.py          factored_rows.cu
+      factored_scatter_rows                                       (cupy_factored.py)
+    csr_matrix, to_device_csr,         numpy_sparse.py (SciPy,    cuSPARSE SpMM (cupy_sparse.py)
+      csr_matmul, meprop_products        cpu_sparse.py)
+    uniform                            random_hash.py             the same code on CuPy arrays
+
+Host reads per training step (what each reads and why): syncs.py.
 """
 from __future__ import annotations
 

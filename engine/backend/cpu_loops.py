@@ -1,7 +1,12 @@
 """CPU hot loops that NumPy does badly, compiled with numba (pure-NumPy fallback if absent).
 
+The loops of one technique live beside its NumPy mixin (cpu_ffi.py for the fixed fan-in layer,
+cpu_sparse.py for meProp's per-example products); these are the shared ones.
+
 scatter_add_rows: out[ids[n], :] += rows[n, :] with duplicate ids accumulated. NumPy's
 `out[ids] += rows` keeps one contribution per duplicate; `np.add.at` is correct but slow.
+select_by_threshold: the per-row top-k selection of `Backend.topk` once each row's k-th largest
+key is known (the keys above it, then the lowest-index ties).
 adam_step / adam_step_rows: one pass over param, m, v and grad (NumPy's expression makes about
 ten passes and several temporaries, a quarter of a PTB training step). Every scalar is rounded to
 the array's dtype first and the operations are those of `Backend.adam_step` in the same order, so
@@ -57,6 +62,48 @@ if numba is not None:
                 pi = p[r, j] * decay
                 pi -= lr_c1 * mi / (numpy.sqrt(vi / c2) + eps)
                 p[r, j] = pi
+
+
+if numba is not None:
+    @numba.njit(cache=True, nogil=True, parallel=True)
+    def _select_by_threshold(out_bk, key_bo, thr_b):
+        """Per row: every key above the row's K-th largest `thr`, then the first keys equal to
+        it in index order until K are taken (ties to the lowest index, as the GPU kernel);
+        NaN ranks above every number (as numpy.partition and the kernel's key put it) and NaNs
+        tie with each other. Indices come out ascending."""
+        n_b, n_o = key_bo.shape
+        n_k = out_bk.shape[1]
+        for b in numba.prange(n_b):
+            t = thr_b[b]
+            t_nan = t != t
+            above = 0
+            for j in range(n_o):
+                v = key_bo[b, j]
+                if not t_nan and (v != v or v > t):
+                    above += 1
+            take_eq = n_k - above
+            pos = 0
+            for j in range(n_o):
+                v = key_bo[b, j]
+                if t_nan:
+                    gt, eq = False, v != v
+                else:
+                    gt, eq = (v != v or v > t), v == t
+                if gt or (eq and take_eq > 0):
+                    if not gt:
+                        take_eq -= 1
+                    out_bk[b, pos] = j
+                    pos += 1
+
+
+def select_by_threshold(key_bo, thr_b, k):
+    """(B, k) int64 ascending column indices: per row the keys above thr[b] and the first keys
+    equal to it (NaN above every number). numba; None when numba cannot take these arrays."""
+    if numba is None or key_bo.dtype not in (numpy.float32, numpy.float64):
+        return None
+    out = numpy.empty((key_bo.shape[0], int(k)), dtype=numpy.int64)
+    _select_by_threshold(out, key_bo, numpy.ascontiguousarray(thr_b, dtype=key_bo.dtype))
+    return out
 
 
 def adam_scalars(dtype, lr, beta1, beta2, eps, step, weight_decay):

@@ -1,12 +1,20 @@
 """The CuPy backend: NumPy's primitives on the GPU, hot ones replaced by rawkernels/ kernels.
 
 `CupyBackend(Backend)` sets `xp = cupy` and overrides the shared hot primitives with the CUDA
-kernels of `rawkernels/` (loaded by `kernels.get_kernel`, compiled on first use per dtype):
+kernels of `rawkernels/` (loaded by `kernels.get_kernel`, one module per (file, dtype)) or with
+cuSPARSE. This file holds the shared ones; each technique's launchers are a mixin beside it:
 
-    gather_rows, scatter_add_rows, coalesce_rows       rawkernels/scatter_rows.cu
+    gather_rows, scatter_add_rows                      rawkernels/scatter_rows.cu     (here)
     softmax_xent_fused, logsumexp_chunk_update,
-    softmax_xent_grad_chunk                            rawkernels/softmax_xent.cu
-    adam_step, adam_step_rows                          rawkernels/adam.cu
+    softmax_xent_grad_chunk                            rawkernels/softmax_xent.cu     (here)
+    adam_step, adam_step_rows                          rawkernels/adam.cu             (here)
+    topk                                               rawkernels/topk_rows.cu        cupy_topk.py
+    ffi_forward, ffi_backward                          rawkernels/ffi.cu, cuSPARSE    cupy_ffi.py
+    factored_gather_rows, factored_scatter_rows        rawkernels/factored_rows.cu    cupy_factored.py
+    to_device_csr, csr_matrix, csr_matmul,
+    meprop_products                                    cuSPARSE SpMM                  cupy_sparse.py
+    coalesce_rows, unique_inverse, rank_ids,
+    sort_groups, uniform                               NumPy's definitions on CuPy arrays
 
 Each override takes the kernel path for float32/float64 arrays of one dtype in the layout the
 kernel reads (C-contiguous; for the softmax kernels a 2-D matrix with unit column stride, so a
@@ -16,9 +24,11 @@ whose NumPy definition is a host (numba) loop: it runs the kernel on a contiguou
 copy instead. Index arrays (targets, ids, rows) of any integer dtype are converted to int64 on
 the device.
 
-No primitive here waits for the device or copies to the host. Consequently out-of-range indices
-cannot raise as they do on the CPU: scatter_add_rows skips them, gather_rows returns NaN rows,
-a target >= C gets a NaN loss (see the headers of the .cu files).
+No primitive here waits for the device or copies to the host, except through `to_host`, where
+each documents why (unique_inverse: the number of distinct ids; syncs.py has the per-step table).
+Consequently out-of-range indices cannot raise as they do on the CPU (`check_ids_in_range` is a
+no-op here): scatter_add_rows skips them, gather_rows returns NaN rows, a target >= C gets a NaN
+loss (see the headers of the .cu files).
 
 Dimension letters: B batch rows, C columns of a vocabulary chunk, V table rows, D features,
 N gathered/scattered rows.
@@ -28,6 +38,10 @@ from __future__ import annotations
 import numpy
 
 from . import kernels
+from .cupy_factored import CupyFactored
+from .cupy_ffi import CupyFFI
+from .cupy_sparse import CupySparse
+from .cupy_topk import CupyTopK
 from .numpy_backend import Backend
 
 _KERNEL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -51,12 +65,16 @@ def _row_stride(a):
     return int(ld) if ld >= cols else None
 
 
-class CupyBackend(Backend):
-    """GPU backend (CuPy + the kernels of rawkernels/)."""
+class CupyBackend(CupyTopK, CupyFFI, CupyFactored, CupySparse, Backend):
+    """GPU backend (CuPy + the kernels of rawkernels/ + cuSPARSE)."""
 
     name = "cupy"
     device = "gpu"
     xp = None  # cupy, set in __init__ so that importing this module never imports CuPy
+    #: check the loss for NaN every 20 steps: each check is a host synchronisation
+    sync_every_default = 20
+    #: reading a device array on the host waits for the device: no per-call host checks
+    host_checks_are_free = False
 
     def __init__(self):
         import cupy
@@ -72,6 +90,8 @@ class CupyBackend(Backend):
             return self.xp.asarray(x, dtype=dtype)
 
     def to_host(self, x):
+        """A device array -> a NumPy array: a device-to-host transfer (counted in host_reads)."""
+        self.host_reads += 1
         return self.xp.asnumpy(x)
 
     def synchronize(self):
@@ -82,6 +102,11 @@ class CupyBackend(Backend):
 
     def memory_in_use(self):
         return int(self.xp.get_default_memory_pool().used_bytes())
+
+    def device_description(self):
+        props = self.xp.cuda.runtime.getDeviceProperties(self.device_id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        return f"gpu-{name}"
 
     # ----------------------------------------------------------------- helpers
     def _common_dtype(self, *arrays):
@@ -149,16 +174,9 @@ class CupyBackend(Backend):
             grid, block, (out_vd, ids, rows, _i64(n), _i64(width), _i64(n_rows)))
         return out_vd
 
-    def coalesce_rows(self, ids_n, rows_nd):
-        """Device-side: cupy.unique (ascending, with the inverse), then the scatter kernel."""
-        self.check_array(ids_n, "coalesce_rows: ids_n")
-        self.check_array(rows_nd, "coalesce_rows: rows_nd")
-        unique_ids, inverse = self.xp.unique(ids_n, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        summed = self.xp.zeros((unique_ids.shape[0],) + tuple(rows_nd.shape[1:]),
-                               dtype=rows_nd.dtype)
-        self.scatter_add_rows(summed, inverse, rows_nd)
-        return unique_ids, summed
+    def _rank_width(self, rank_n):
+        """An upper bound of the ranks without reading them: N (see Backend.rank_ids)."""
+        return int(rank_n.shape[0])
 
     # ------------------------------------------------- softmax cross-entropy
     def softmax_xent_fused(self, logits_bc, targets_b, scale):

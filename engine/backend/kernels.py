@@ -1,15 +1,21 @@
-"""The lazy CUDA kernel loader: compile `rawkernels/<file>` once per (file, name, dtype).
+"""The lazy CUDA kernel loader: one NVRTC module per (file, dtype) holding all its kernels.
 
-`get_kernel("softmax_xent.cu", "softmax_xent_fused", numpy.float32)` returns a CuPy
-`RawKernel`-like function for `softmax_xent_fused<float>`, compiled with NVRTC through
-`cupy.RawModule(code=..., options=compile_options(), name_expressions=[...])` on first use and
-cached in this process (CuPy also caches the binary on disk). CuPy is imported only inside the
-functions, so `import engine` works on a machine without CUDA or CuPy.
+`get_kernel("softmax_xent.cu", "softmax_xent_fused", numpy.float32)` returns the CuPy function
+for `softmax_xent_fused<float>`. On first use of a (file, dtype) the whole file is compiled once,
+with every kernel `KERNELS` lists for it as an NVRTC name expression:
 
-`KERNELS` lists, per source file, the kernel templates the backend requests; the compile test
-(tests/backend/test_kernels_compile.py) checks that each appears, for float and double, in
-the PTX of its file. A technique module that adds its own `.cu` file may call `get_kernel`
-with names not listed here; add them to `KERNELS` so the compile test covers them.
+    cupy.RawModule(code=module_code(file), options=compile_options(),
+                   name_expressions=name_expressions(file, dtype))
+
+(`module_spec(file, dtype)` returns exactly these three arguments), and the module is cached in
+this process per (file, dtype, device); CuPy also caches the binary on disk. A cold start thus
+compiles at most 2 x (number of .cu files) modules, not one per kernel. CuPy is imported only
+inside the functions, so `import engine` works on a machine without CUDA or CuPy.
+
+`KERNELS` lists, per source file, the kernel templates the backend launches; `get_kernel`
+refuses a name not listed there (a new kernel is one line here, and the compile test
+tests/backend/test_kernels_compile.py then compiles it through the same NVRTC call, options
+and name expressions as this loader, on CI, without a GPU).
 
 Launch sizing: every kernel is grid-stride, so a grid only needs to be large enough to fill the
 device. `launch_1d(n)` sizes a flat elementwise launch, `launch_rows(rows)` a one-block-per-row
@@ -22,16 +28,22 @@ from pathlib import Path
 
 import numpy
 
-#: Kernel templates per source file, as requested by engine/backend/cupy_backend.py.
+#: Kernel templates per source file, and the backend method that launches each.
 KERNELS: dict[str, tuple[str, ...]] = {
-    "softmax_xent.cu": ("softmax_xent_fused", "logsumexp_chunk_update",
-                        "softmax_xent_grad_chunk"),
-    "scatter_rows.cu": ("scatter_add_rows", "gather_rows"),
-    "adam.cu": ("adam_step", "adam_step_rows"),
-    "factored_rows.cu": ("factored_gather_rows", "factored_scatter_atomic",
-                         "factored_scatter_sorted"),
-    "ffi.cu": ("ffi_forward", "ffi_backward", "ffi_grad_input_csc"),
-    "topk_rows.cu": ("topk_rows",),          # meProp selection (engine/layers/meprop.py)
+    "softmax_xent.cu": ("softmax_xent_fused",          # CupyBackend.softmax_xent_fused
+                        "logsumexp_chunk_update",      # CupyBackend.logsumexp_chunk_update
+                        "softmax_xent_grad_chunk"),    # CupyBackend.softmax_xent_grad_chunk
+    "scatter_rows.cu": ("scatter_add_rows",            # CupyBackend.scatter_add_rows
+                        "gather_rows"),                # CupyBackend.gather_rows
+    "adam.cu": ("adam_step",                           # CupyBackend.adam_step
+                "adam_step_rows"),                     # CupyBackend.adam_step_rows
+    "factored_rows.cu": ("factored_gather_rows",       # CupyBackend.factored_gather_rows
+                         "factored_scatter_atomic",    # CupyBackend.factored_scatter_rows
+                         "factored_scatter_sorted"),   # ... (deterministic=True)
+    "ffi.cu": ("ffi_forward",                          # CupyBackend.ffi_forward
+               "ffi_backward",                         # CupyBackend.ffi_backward (dw, atomic dx)
+               "ffi_grad_input_csc"),                  # ... (deterministic dx)
+    "topk_rows.cu": ("topk_rows",),                    # CupyBackend.topk
 }
 
 #: C++ element type of each supported NumPy dtype.
@@ -42,6 +54,7 @@ BLOCK = 256
 #: Largest grid a launcher asks for; the kernels stride over whatever is left.
 MAX_BLOCKS = 65535
 
+_modules: dict = {}
 _functions: dict = {}
 
 
@@ -98,24 +111,53 @@ def name_expression(name: str, dtype) -> str:
     return f"{name}<{ctype(dtype)}>"
 
 
-def get_kernel(file: str, name: str, dtype):
-    """The compiled `name<T>` of `rawkernels/<file>` for T = dtype, compiled once and cached."""
+def name_expressions(file: str, dtype) -> list[str]:
+    """The name expressions of every kernel of `file` for `dtype` (what one module holds)."""
+    if file not in KERNELS:
+        raise KeyError(f"rawkernels: {file!r} is not in kernels.KERNELS (have {sorted(KERNELS)})")
+    return [name_expression(name, dtype) for name in KERNELS[file]]
+
+
+def module_spec(file: str, dtype) -> tuple[str, tuple[str, ...], list[str]]:
+    """(code, options, name_expressions): the exact arguments the loader hands to
+    `cupy.RawModule` for the module of (file, dtype); the compile test uses the same."""
+    return module_code(file), compile_options(), name_expressions(file, dtype)
+
+
+def get_module(file: str, dtype):
+    """The compiled module of `rawkernels/<file>` for `dtype` (all its kernels), cached per
+    (file, dtype, current device)."""
     import cupy
     dt = numpy.dtype(dtype)
-    # a loaded function belongs to one device's context: key the cache by the current device
+    # a loaded module belongs to one device's context: key the cache by the current device
+    key = (file, dt.name, cupy.cuda.Device().id)
+    module = _modules.get(key)
+    if module is None:
+        code, options, exprs = module_spec(file, dt)
+        module = cupy.RawModule(code=code, options=options, name_expressions=exprs)
+        _modules[key] = module
+    return module
+
+
+def get_kernel(file: str, name: str, dtype):
+    """The compiled `name<T>` of `rawkernels/<file>` for T = dtype (its module compiled once;
+    the function looked up once per device)."""
+    if name not in KERNELS.get(file, ()):
+        raise KeyError(f"rawkernels: kernel {name!r} of {file!r} is not listed in "
+                       f"kernels.KERNELS (add it there)")
+    import cupy
+    dt = numpy.dtype(dtype)
     key = (file, name, dt.name, cupy.cuda.Device().id)
     fn = _functions.get(key)
     if fn is None:
-        expr = name_expression(name, dt)
-        module = cupy.RawModule(code=module_code(file), options=compile_options(),
-                                name_expressions=[expr])
-        fn = module.get_function(expr)
+        fn = get_module(file, dt).get_function(name_expression(name, dt))
         _functions[key] = fn
     return fn
 
 
 def clear_cache() -> None:
-    """Forget the compiled functions (the next get_kernel recompiles, or hits CuPy's disk cache)."""
+    """Forget the compiled modules (the next get_kernel recompiles, or hits CuPy's disk cache)."""
+    _modules.clear()
     _functions.clear()
 
 
@@ -136,5 +178,5 @@ def launch_rows(rows: int, block: int | None = None) -> tuple[tuple[int], tuple[
 
 
 __all__ = ["BLOCK", "KERNELS", "MAX_BLOCKS", "clear_cache", "compile_options", "ctype",
-           "get_kernel", "launch_1d", "launch_rows", "module_code", "name_expression",
-           "read_source", "source_dir"]
+           "get_kernel", "get_module", "launch_1d", "launch_rows", "module_code", "module_spec",
+           "name_expression", "name_expressions", "read_source", "source_dir"]

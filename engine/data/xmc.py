@@ -313,10 +313,11 @@ class XMCLoader(Loader):
     def batch(self, rows):
         x, y = self.x[rows], self.labels(rows)
         be = self.backend
-        if be is None or be.xp is np:
-            return x, (y if be is None else be.asarray(y))
-        from ..layers.sparse_linear import to_backend_csr
-        return to_backend_csr(be, x), be.asarray(y)
+        if be is None:
+            return x, y
+        # the backend's CSR (on the GPU: canonical, built with no host read); runs in the
+        # prefetch thread
+        return be.to_device_csr(x), be.asarray(y)
 
     def _batches(self, epoch, start_batch):
         order = self.order(epoch)

@@ -15,14 +15,20 @@ start identical): indices first (every row K distinct uniform positions, sorted)
 uniform in +-sqrt(6 / (K + L K / I)) (Glorot with fan-in K and the mean fan-out L K / I),
 bias 0.
 
-Where the work runs (`method`): on the CPU, numba loops (fixed_fanin_cpu.py; the input gradient
-is a scatter by a fixed number of label ranges into private buffers summed in order, deterministic
-by construction); on the GPU, "kernel" (rawkernels/ffi.cu),
-"cusparse" (cupyx CSR view of the same storage) or "auto" (measured once per shape, see
-fixed_fanin_gpu.py). "reference" runs the NumPy reference (any backend; for tests). With
-`deterministic=True` the GPU input gradient is summed in a fixed order (transposed index) instead
-of by atomics. `skip_zero_grads`: labels whose dy column is all zero cost no gradient work on the
-CPU and kernel paths (the squared hinge makes most of them zero).
+Where the work runs (`method`): the layer calls `backend.ffi_forward` / `backend.ffi_backward`
+with one of the backend's paths (`backend.ffi_methods`; engine/backend/numpy_ffi.py has the
+reference and the shapes): on the CPU the numba loops of engine/backend/cpu_ffi.py (the input
+gradient is a scatter by a fixed number of label ranges into private buffers summed in order,
+deterministic by construction); on the GPU "kernel" (rawkernels/ffi.cu) or "cusparse" (a cuSPARSE
+CSR view of the same storage), engine/backend/cupy_ffi.py. "auto" takes the backend's only path,
+or measures each path's forward + backward once per shape (L, I, K, B rounded up to a power of
+two, dtype, deterministic, device) on random data and keeps the faster (`CHOICES`); a path the
+backend lacks (e.g. "kernel" on the CPU) runs the backend's first path. "reference" runs the
+reference (any backend; for tests). With `deterministic=True` the GPU input gradient is summed in
+a fixed order (transposed index) instead of by atomics. `skip_zero_grads`: labels whose dy column
+is all zero cost no weight-gradient work (the squared hinge makes most of them zero).
+The index buffer is wrapped once per version (`backend.ffi_index`), and what a backend derives
+from it (CSC, cuSPARSE view) is cached with it until rewiring or loading replaces it.
 
 Dynamic sparse training (`rewire_every` > 0; SET style as in the paper): `after_step(step,
 optimizer, key_prefix)` every `rewire_every` steps prunes the globally smallest-|w| fraction
@@ -37,16 +43,24 @@ from __future__ import annotations
 
 import numpy
 
-from . import fixed_fanin_cpu as cpu
+from ..backend.numpy_ffi import csc_bytes
 from . import fixed_fanin_rewire as rewire_ops
 from ..optim.slots import slot_count
 from .base import Layer
 
 METHODS = ("auto", "kernel", "cusparse", "reference")
+#: ((backend name, device id), L, I, K, B bucket, dtype, deterministic) -> the path measured fastest
+CHOICES: dict = {}
 
 
 def _is_sparse_matrix(x):
     return hasattr(x, "tocsr") and hasattr(x, "nnz")
+
+
+def batch_bucket(B):
+    """Batch sizes share a measurement per power of two (the last, short batch of an epoch or
+    of an evaluation pass does not trigger a new one)."""
+    return 1 << max(0, int(B) - 1).bit_length()
 
 
 class FixedFanInLinear(Layer):
@@ -77,8 +91,8 @@ class FixedFanInLinear(Layer):
         self.skip_zero_grads = bool(skip_zero_grads)
         self.indices = None
         self.rows_sorted = True      # every row's indices ascending (cuSPARSE wants that)
-        self.index_version = 0       # bumped whenever indices change (invalidates caches)
-        self._cache = {}             # GPU: CSC / CSR-permutation keyed by index_version
+        self.index_version = 0       # bumped whenever indices change
+        self._index = None           # backend.ffi_index of the current version (and its caches)
         self._xt = None
         self._batch = 0
         self._used_method = None
@@ -115,66 +129,44 @@ class FixedFanInLinear(Layer):
         self.indices = self.backend.asarray(numpy.ascontiguousarray(host, dtype=numpy.int32))
         self.rows_sorted = bool(sorted_rows)
         self.index_version += 1
-        self._cache = {}
+        self._index = self.backend.ffi_index(self.indices, self.in_features, self.rows_sorted)
 
     # ------------------------------------------------------------------ helpers
-    @property
-    def _gpu(self):
-        return self.backend is not None and self.backend.xp is not numpy
-
     def _bias(self):
         return self.params["bias"] if self.use_bias else None
 
-    def _csc(self):
-        from . import fixed_fanin_gpu as gpu
-        key = ("csc", self.index_version)
-        if key not in self._cache:
-            self._cache[key] = gpu.build_csc(self.backend.xp, self.indices, self.in_features)
-        return self._cache[key]
-
-    def _csr(self):
-        from . import fixed_fanin_gpu as gpu
-        xp = self.backend.xp
-        perm = None
-        if not self.rows_sorted:
-            key = ("perm", self.index_version)
-            if key not in self._cache:
-                self._cache[key] = gpu.row_sort_permutation(xp, self.indices)
-            perm = self._cache[key]
-        return gpu.csr_view(xp, self.indices, self.params["weights"], self.in_features, perm)
-
     def resolve_method(self, batch):
-        """The path used for a batch of `batch` rows: "numba" | "reference" on the CPU;
-        "kernel" | "cusparse" | "reference" on the GPU ("auto" measured once per shape)."""
+        """The backend path used for a batch of `batch` rows: "reference", or one of
+        `backend.ffi_methods` ("auto" measured once per shape when there are several)."""
         if self.method == "reference":
             return "reference"
-        if not self._gpu:
-            return "numba" if cpu.numba is not None else "reference"
-        if self.method != "auto":
+        methods = tuple(self.backend.ffi_methods)
+        if self.method in methods:
             return self.method
-        from . import fixed_fanin_gpu as gpu
-        xp = self.backend.xp
-        key = gpu.choice_key(xp, self.out_features, self.in_features, self.fan_in, batch,
-                             self.dtype, self.deterministic)
-        if key not in gpu.CHOICES:
-            gpu.CHOICES[key] = self._measure(gpu.batch_bucket(batch))
-        return gpu.CHOICES[key]
+        if self.method != "auto" or len(methods) == 1:
+            return methods[0]
+        be = self.backend
+        key = ((be.name, be.device_id), self.out_features, self.in_features, self.fan_in,
+               batch_bucket(batch), numpy.dtype(self.dtype).name, self.deterministic)
+        if key not in CHOICES:
+            CHOICES[key] = self._measure(batch_bucket(batch), methods)
+        return CHOICES[key]
 
-    def _measure(self, batch):
-        from . import fixed_fanin_gpu as gpu
-        xp = self.backend.xp
+    def _measure(self, batch, methods):
+        """The path whose forward + backward is fastest on random data of this shape."""
+        be = self.backend
         rng = numpy.random.default_rng(0)
-        x = self.backend.asarray(rng.standard_normal((batch, self.in_features)).astype(self.dtype))
-        dy = self.backend.asarray(rng.standard_normal((batch, self.out_features)).astype(self.dtype))
+        x = be.asarray(rng.standard_normal((batch, self.in_features)).astype(self.dtype))
+        dy = be.asarray(rng.standard_normal((batch, self.out_features)).astype(self.dtype))
 
         def runner(method):
             def run():
-                xt = xp.ascontiguousarray(x.T)
-                self._forward_with(method, x, xt)
+                xt = be.xp.ascontiguousarray(x.T)
+                self._forward_with(method, xt)
                 self._backward_with(method, dy, xt)
             return run
-        best = gpu.measure(xp, {m: runner(m) for m in gpu.METHODS})
-        return min(best, key=best.get)
+        times = {m: be.time_call(runner(m)) for m in methods}
+        return min(times, key=times.get)
 
     # ------------------------------------------------------------------ computation
     def _check_input(self, x):
@@ -186,42 +178,21 @@ class FixedFanInLinear(Layer):
             raise ValueError(f"FixedFanInLinear: expected input (B, {self.in_features}), "
                              f"got {tuple(x.shape)}")
 
-    def _forward_with(self, method, x, xt):
-        w, idx, bias = self.params["weights"], self.indices, self._bias()
-        if method == "reference":
-            return cpu.reference_forward(self.backend.xp, x, idx, w, bias)
-        if method == "numba":
-            return cpu.forward(xt, idx, w, bias)
-        from . import fixed_fanin_gpu as gpu
-        if method == "kernel":
-            return gpu.forward_kernel(self.backend.xp, xt, idx, w, bias)
-        return gpu.forward_cusparse(self.backend.xp, self.backend.xp.ascontiguousarray(x),
-                                    self._csr(), bias)
+    def _forward_with(self, method, xt):
+        return self.backend.ffi_forward(xt, self._index, self.params["weights"], self._bias(),
+                                        method)
 
     def _backward_with(self, method, dy, xt, need_input_grad=True):
-        xp = self.backend.xp
-        w, idx = self.params["weights"], self.indices
-        if method == "reference":
-            x = xp.ascontiguousarray(xt.T)
-            dw = cpu.reference_grad_weights(xp, dy, x, idx)
-            dx = (cpu.reference_grad_input(xp, dy, idx, w, self.in_features)
-                  if need_input_grad else None)
-            return dw, dx
-        if method == "numba":
-            return cpu.backward(dy, xt, idx, w, self.skip_zero_grads, need_input_grad)
-        from . import fixed_fanin_gpu as gpu
-        csc = self._csc() if (self.deterministic and need_input_grad) else None
-        if method == "kernel":
-            return gpu.backward_kernel(xp, dy, xt, idx, w, self.skip_zero_grads, csc,
-                                       need_input_grad)
-        return gpu.backward_cusparse(xp, dy, xt, idx, self._csr(), csc, w, need_input_grad)
+        return self.backend.ffi_backward(dy, xt, self._index, self.params["weights"], method,
+                                         self.skip_zero_grads, self.deterministic,
+                                         need_input_grad)
 
     def forward(self, x, train=True):
         self._check_input(x)
         x = x.astype(self.dtype, copy=False)
         method = self.resolve_method(x.shape[0])
         xt = self.backend.xp.ascontiguousarray(x.T)        # (I, B): gathers read B adjacent
-        y = self._forward_with(method, x, xt)
+        y = self._forward_with(method, xt)
         self._xt = xt if train else None
         self._batch = x.shape[0]
         self._used_method = method
@@ -303,8 +274,11 @@ class FixedFanInLinear(Layer):
         slots = slot_count(optimizer)
         report = {"weights": L * K * s, "indices": L * K * 4, "bias": nb * s,
                   "grads": (L * K + nb) * s, "optimizer": slots * (L * K + nb) * s}
-        if self.deterministic and (self.backend is None or self._gpu):
-            report["csc"] = (I + 1) * 8 + L * K * 4
+        if self.deterministic:      # unbound: counted as on the GPU (the CPU needs none)
+            csc = (csc_bytes(L, I, K) if self.backend is None
+                   else self.backend.ffi_index_bytes(L, I, K, True))
+            if csc:
+                report["csc"] = csc
         if batch is not None:
             report["activations"] = int(batch) * (2 * I + 2 * L) * s
         report["total"] = int(sum(report.values()))

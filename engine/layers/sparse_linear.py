@@ -12,11 +12,13 @@ and is returned as `RowSparseGrad(rows (U,), values (U, O))` (rows unique and as
 the optimizers update lazily (Adam/SGD on those rows only). A dense I x O gradient never exists.
 The equivalent `Linear` has W_linear = W.T.
 
-How: forward is one sparse x dense product (SciPy's CSR matmul on the CPU; cuSPARSE SpMM via
-cupyx on the GPU). Backward compacts x's column ids to 0..U-1 (unique with inverse), builds the
-(B, U) CSR with the same data, and computes values = x_c^T dy (U, O), again a sparse x dense
-product (cuSPARSE on the GPU). There is no input gradient: backward returns None (the input is
-data, and a sparse input layer is always the first layer).
+How (backend primitives, engine/backend/numpy_sparse.py and cupy_sparse.py): forward is one
+sparse x dense product `backend.csr_matmul(x, W)` (SciPy on the CPU; cuSPARSE SpMM on the GPU,
+W read in place, never copied). Backward compacts x's column ids to 0..U-1
+(`backend.unique_inverse`: one host read, U), builds the (B, U) CSR with the same data (still
+canonical: the compaction is monotone) and computes values = x_c^T dy (U, O), again one sparse x
+dense product. There is no input gradient: backward returns None (the input is data, and a
+sparse input layer is always the first layer).
 
 Input values are cast to the layer's dtype when they differ (a float32 file into a float64 model).
 """
@@ -27,30 +29,10 @@ import numpy
 from .base import Layer, RowSparseGrad
 
 
-def sparse_module(backend):
-    """scipy.sparse for the NumPy backend, cupyx.scipy.sparse for the CuPy one."""
-    if backend.xp is numpy:
-        import scipy.sparse
-        return scipy.sparse
-    import cupyx.scipy.sparse
-    return cupyx.scipy.sparse
-
-
 def to_backend_csr(backend, x, dtype=None):
-    """A host (SciPy) or device CSR matrix -> a CSR matrix of `backend` (cast to `dtype`)."""
-    sp = sparse_module(backend)
-    if sp.issparse(x) and x.format == "csr":
-        out = x
-    elif backend.xp is not numpy and hasattr(x, "tocsr") and hasattr(x, "indptr"):
-        # cuSPARSE (through cupyx) takes int32 index arrays
-        out = sp.csr_matrix((backend.asarray(x.data), backend.asarray(x.indices, numpy.int32),
-                             backend.asarray(x.indptr, numpy.int32)), shape=x.shape)
-    else:
-        raise TypeError(f"expected a CSR matrix for the {backend.name} backend "
-                        f"({sp.__name__}.csr_matrix), got {type(x).__module__}.{type(x).__name__}")
-    if dtype is not None and out.dtype != dtype:
-        out = out.astype(dtype)
-    return out
+    """A host (SciPy) or device CSR matrix -> a canonical CSR matrix of `backend` (cast to
+    `dtype`); see `Backend.to_device_csr`."""
+    return backend.to_device_csr(x, dtype)
 
 
 class SparseLinear(Layer):
@@ -76,23 +58,21 @@ class SparseLinear(Layer):
         return params
 
     def _check_input(self, x):
-        sp = sparse_module(self.backend)
-        if not (sp.issparse(x) and x.format == "csr"):
-            raise TypeError(f"SparseLinear: expected a CSR minibatch ({sp.__name__}.csr_matrix) "
-                            f"for the {self.backend.name} backend, got "
+        if not self.backend.is_csr(x):
+            raise TypeError(f"SparseLinear: expected a CSR minibatch of the {self.backend.name} "
+                            f"backend (backend.to_device_csr), got "
                             f"{type(x).__module__}.{type(x).__name__}")
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"SparseLinear: expected input (B, {self.in_features}), got "
                              f"{tuple(x.shape)}")
         if x.dtype != self.dtype:
-            x = x.astype(self.dtype)
+            x = self.backend.to_device_csr(x, self.dtype)
         return x
 
     def forward(self, x, train=True):
         x = self._check_input(x)
         self._x = x if train else None
-        y = x @ self.params["W"]                  # CSR x dense: SciPy / cuSPARSE SpMM
-        y = self.backend.xp.asarray(y)            # (scipy may hand back a matrix subclass)
+        y = self.backend.csr_matmul(x, self.params["W"])      # (B, O)
         if self.use_bias:
             y += self.params["b"]
         return y
@@ -102,13 +82,12 @@ class SparseLinear(Layer):
         if x is None:
             raise RuntimeError("SparseLinear.backward called without a forward(train=True)")
         self._x = None
-        xp = self.backend.xp
-        rows, inverse = xp.unique(x.indices, return_inverse=True)   # the U features present
-        inverse = inverse.reshape(-1).astype(x.indices.dtype)
-        sp = sparse_module(self.backend)
-        compact = sp.csr_matrix((x.data, inverse, x.indptr), shape=(x.shape[0], int(rows.shape[0])))
-        values = xp.asarray(compact.T @ dy)      # (U, O)
-        self.grads["W"] = RowSparseGrad(rows.astype(xp.int64), values,
+        be = self.backend
+        rows, inverse = be.unique_inverse(x.indices)              # the U features present
+        compact = be.csr_matrix(x.data, inverse.astype(x.indices.dtype), x.indptr,
+                                (x.shape[0], int(rows.shape[0])))
+        values = be.xp.ascontiguousarray(be.csr_matmul(compact, dy, transpose_a=True))  # (U, O)
+        self.grads["W"] = RowSparseGrad(rows.astype(be.xp.int64), values,
                                         (self.in_features, self.out_features), unique=True)
         if self.use_bias:
             self.grads["b"] = dy.sum(axis=0)

@@ -11,9 +11,10 @@ log p(w) = log_softmax(head)[w] for a head word, else
 log_softmax(head)[c_1 + i] + log_softmax(out_i(proj_i(h)))[w - c_{i+1}].
 
 Training step. Every row's cluster id (0 = head, i + 1 = tail i) is computed on the device
-(searchsorted on the cutoffs), the rows are ordered by cluster (stable argsort) and counted
-(bincount) on the device, and the small (J + 1,) counts vector is the ONE host transfer of the
-step (PyTorch's layer calls nonzero() once per cluster). Tail i then runs only on its n_i rows:
+(searchsorted on the cutoffs), the rows are ordered by cluster and counted on the device
+(`backend.sort_groups`: a stable argsort and a searchsorted, no bincount and no host read), and
+the small (J + 2,) offsets vector is the ONE host transfer of the step (it sizes each tail's
+products; PyTorch's layer calls nonzero() once per cluster). Tail i then runs only on its n_i rows:
 gather h rows, project, logits, and the same fused kernel as the exact softmax
 (`backend.softmax_xent_fused`, rawkernels/softmax_xent.cu) turns the logits into the gradient
 in place while it returns the per-row loss; the head uses it too. `ignore_index` rows (targets
@@ -191,10 +192,11 @@ class AdaptiveSoftmaxOutput(OutputLayer):
         if targets.ndim != 1 or targets.shape[0] != h.shape[0]:
             raise ValueError(f"adaptive: targets must be (B,) = ({h.shape[0]},), got "
                              f"{tuple(targets.shape)}")
-        if self.backend.xp is numpy and targets.size and int(targets.max()) >= self.num_classes:
-            # (on the GPU this would cost a sync: the model checks ids once, in validate_data)
-            raise ValueError(f"adaptive: target {int(targets.max())} is outside the vocabulary "
-                             f"[0, {self.num_classes})")
+        # (a no-op on the GPU, where it would cost a sync: the model checks ids once, in
+        # validate_data)
+        self.backend.check_ids_in_range(
+            targets, None, self.num_classes,
+            "adaptive: target {max} is outside the vocabulary [0, {high})")
 
     def _head_logits(self, h):
         logits = h @ self.params["head_W"].T
@@ -229,11 +231,9 @@ class AdaptiveSoftmaxOutput(OutputLayer):
 
     def _groups(self, cid):
         """Rows ordered by cluster and the (start, stop) of each tail's rows in that order: one
-        host transfer (the (J + 1,) counts) -- the only synchronisation of a training step."""
-        xp = self.backend.xp
-        order = xp.argsort(cid, kind="stable")
-        counts = self.backend.to_host(xp.bincount(cid, minlength=self.n_clusters + 1))
-        offsets = numpy.concatenate([[0], numpy.cumsum(counts)])
+        host transfer (the (J + 2,) offsets) -- the only synchronisation of a training step."""
+        order, offsets = self.backend.sort_groups(cid, self.n_clusters + 1)
+        offsets = self.backend.to_host(offsets)
         return order, [(int(offsets[i + 1]), int(offsets[i + 2])) for i in range(self.n_clusters)]
 
     def _scale(self, valid, h):
@@ -430,7 +430,8 @@ class AdaptiveSoftmaxOutput(OutputLayer):
         return best_i, best_v
 
     def _topk(self, vals, ids, k):
-        """Top-k (values, ids) of each row, best first, padded with -inf when fewer than k."""
+        """Top-k (values, ids) of each row, best first (`backend.topk`: equal values by position,
+        which callers keep in id order), padded with -inf when fewer than k."""
         xp = self.backend.xp
         batch = vals.shape[0]
         pad = k - vals.shape[1]
@@ -438,11 +439,8 @@ class AdaptiveSoftmaxOutput(OutputLayer):
             vals = xp.concatenate([vals, xp.full((batch, pad), -xp.inf, dtype=vals.dtype)], axis=1)
             ids = xp.concatenate([ids, xp.full((pad,), -1, dtype=xp.int64)])
         ids = xp.broadcast_to(ids, vals.shape)
-        if vals.shape[1] > k:
-            part = xp.argpartition(-vals, k - 1, axis=1)[:, :k]
-            vals, ids = xp.take_along_axis(vals, part, 1), xp.take_along_axis(ids, part, 1)
-        order = xp.argsort(-vals, axis=1, kind="stable")
-        return xp.take_along_axis(vals, order, 1), xp.take_along_axis(ids, order, 1)
+        vals, pos = self.backend.topk(vals, k)
+        return vals, xp.take_along_axis(ids, pos, 1)
 
     def _merge(self, cand_v, cand_i, blk, ids, k):
         xp = self.backend.xp

@@ -27,7 +27,6 @@ from __future__ import annotations
 import itertools
 import json
 import os
-import platform
 import time
 
 import numpy
@@ -39,10 +38,7 @@ _MEMORY_CACHE: dict = {}
 
 # ------------------------------------------------------------------------------ measurement
 def _device_name(backend):
-    if backend.device == "gpu":
-        from ..backend import gpu_available
-        return "gpu-" + gpu_available()[1]
-    return f"cpu-{platform.machine()}-{platform.processor() or 'x'}-{os.cpu_count()}"
+    return backend.device_description()
 
 
 def cache_dir():

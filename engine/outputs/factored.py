@@ -23,10 +23,12 @@ U singular before anything changes) and `apply_update(lr)` after the optimizer s
 learning rate is `lr` if given, else `lr_scale` times the engine's (scheduled) learning rate.
 L2 decay (`weight_decay`) is exact: W <- W - lr (G^T H + wd W).
 
-Kernels: on the GPU, rawkernels/factored_rows.cu gathers the target rows of V and scatter-adds
-the row updates (atomic, or deterministic by a sort and a per-row ordered sum); the d x d work is
-cuBLAS through CuPy matmul. On the CPU, NumPy and the numba scatter of the backend. The
-learning-rate guard and the periodic monitors are the only host synchronisations.
+Kernels: the target rows of V are gathered and the row updates scatter-added by the backend
+(`factored_gather_rows`, `factored_scatter_rows`: engine/backend/numpy_factored.py, on the GPU
+rawkernels/factored_rows.cu, atomic or deterministic by a sort and a per-row ordered sum); the
+d x d work is BLAS / cuBLAS matmul. Host reads per training step (engine/backend/syncs.py): the
+learning-rate guard's (2, or 3 when its Cholesky test fails; none with lr_guard=False), and the
+monitors every `check_every` updates; K-hot targets add none (their compaction needs no count).
 """
 from __future__ import annotations
 
@@ -41,54 +43,15 @@ from .spherical_family import LOSS_OPTIONS, make_loss, targets_and_mask
 
 
 # ------------------------------------------------------------------ row primitives
-def _is_cupy(backend):
-    return backend.xp is not numpy
-
-
 def gather_target_rows(backend, V, ids, valid):
-    """V[ids] (N, d) with zero rows where not valid. NumPy reference of factored_gather_rows."""
-    if not _is_cupy(backend):
-        out = V[ids]
-        out *= valid.reshape(-1, 1)
-        return out
-    from ..backend import kernels
-    xp = backend.xp
-    ids = xp.where(valid.reshape(-1), ids, -1).astype(xp.int64)
-    n, d = ids.size, V.shape[1]
-    out = xp.empty((n, d), dtype=V.dtype)
-    if n * d:
-        grid, block = kernels.launch_1d(n * d)
-        kernels.get_kernel("factored_rows.cu", "factored_gather_rows", V.dtype)(
-            grid, block, (out, V, ids, numpy.int64(n), numpy.int64(d), numpy.int64(V.shape[0])))
-    return out
+    """V[ids] (N, d) with zero rows where not valid (`backend.factored_gather_rows`)."""
+    return backend.factored_gather_rows(V, ids, valid)
 
 
 def scatter_outer_rows(backend, V, ids, coef, rows, K, deterministic=False):
-    """V[ids[n]] += coef[n] * rows[n // K] for n < N = B K; repeated ids accumulate.
-    NumPy: the backend's numba scatter (sequential, deterministic)."""
-    xp = backend.xp
-    if not _is_cupy(backend):
-        vals = coef[:, None] * xp.repeat(rows, K, axis=0)
-        backend.scatter_add_rows(V, ids, vals.astype(V.dtype, copy=False))
-        return V
-    from ..backend import kernels
-    n, d = ids.size, V.shape[1]
-    if n == 0:
-        return V
-    coef = xp.ascontiguousarray(coef, dtype=V.dtype)
-    rows = xp.ascontiguousarray(rows, dtype=V.dtype)
-    args = (numpy.int64(n), numpy.int64(K), numpy.int64(d), numpy.int64(V.shape[0]))
-    if not deterministic:
-        grid, block = kernels.launch_1d(n * d)
-        kernels.get_kernel("factored_rows.cu", "factored_scatter_atomic", V.dtype)(
-            grid, block, (V, ids, coef, rows) + args)
-    else:
-        keys = ids.astype(xp.int64) * n + xp.arange(n, dtype=xp.int64)   # unique keys
-        order = xp.argsort(keys).astype(xp.int64)
-        grid, block = kernels.launch_rows(n, 128)
-        kernels.get_kernel("factored_rows.cu", "factored_scatter_sorted", V.dtype)(
-            grid, block, (V, ids, order, coef, rows) + args)
-    return V
+    """V[ids[n]] += coef[n] * rows[n // K] for n < N = B K; repeated ids accumulate
+    (`backend.factored_scatter_rows`)."""
+    return backend.factored_scatter_rows(V, ids, coef, rows, K, deterministic)
 
 
 def default_check_every(D, d, B):
@@ -99,17 +62,22 @@ def default_check_every(D, d, B):
     return max(100, int(numpy.ceil(30.0 * D / (max(B, 1) * d))))
 
 
-def _compact_targets(xp, t2, valid, gc):
-    """Ydot restricted to the columns the minibatch names: (B, n) with n <= B K distinct target
-    ids, Yc[b, col(t2[b, j])] = sum of gc[b, j] over the valid slots naming that id, so that
-    Ydot Ydot^T = Yc Yc^T with O(B^2 K) memory instead of the (B, K, B, K) pair table."""
+def _compact_targets(backend, t2, valid, gc):
+    """Ydot restricted to the columns the minibatch names: (B, n) with n columns, one per
+    distinct target id (ascending), Yc[b, col(t2[b, j])] = sum of gc[b, j] over the valid slots
+    naming that id, so that Ydot Ydot^T = Yc Yc^T with O(B^2 K) memory instead of the
+    (B, K, B, K) pair table. No host read: `backend.rank_ids` gives each id its column and an
+    upper bound n of their number (exact on the CPU; B K on the GPU, where counting them would
+    be a host read: the unused columns stay zero and add nothing to Yc Yc^T, at the price of
+    B^2 (B K) instead of B^2 n multiply-adds when many targets repeat)."""
+    xp = backend.xp
     B, K = t2.shape
     ids = xp.where(valid, t2, -1).reshape(-1)
-    uniq, inv = xp.unique(ids, return_inverse=True)
-    n = int(uniq.shape[0])
-    rows = xp.repeat(xp.arange(B), K)
-    weights = xp.where(valid, gc, 0).reshape(-1).astype(numpy.float64)
-    Yc = xp.bincount(rows * n + inv.reshape(-1), weights=weights, minlength=B * n)
+    col, n = backend.rank_ids(ids)
+    rows = xp.repeat(xp.arange(B, dtype=xp.int64), K)
+    weights = xp.where(valid, gc, 0).reshape(-1, 1).astype(numpy.float64)
+    Yc = xp.zeros((B * n, 1), dtype=numpy.float64)
+    backend.scatter_add_rows(Yc, rows * n + col, weights)        # in slot order on the CPU
     return Yc.reshape(B, n).astype(gc.dtype)
 
 
@@ -219,10 +187,9 @@ class FactoredOutput(OutputLayer):
         if h.ndim != 2 or h.shape[1] != self.in_features:
             raise ValueError(f"factored: expected h (B, {self.in_features}), got {tuple(h.shape)}")
         t2, valid = targets_and_mask(xp, targets, h.shape[0], self.num_classes)
-        if xp is numpy and t2.size and (int(t2.max()) >= self.num_classes
-                                        or int(numpy.asarray(targets).min()) < -1):
-            raise ValueError(f"factored: target ids must be in [-1, {self.num_classes}), got "
-                             f"[{int(numpy.asarray(targets).min())}, {int(t2.max())}]")
+        self.backend.check_ids_in_range(
+            targets, -1, self.num_classes,
+            "factored: target ids must be in [{low}, {high}), got [{min}, {max}]")
         return t2, valid
 
     def _terms(self, h, t2, valid):
@@ -273,8 +240,8 @@ class FactoredOutput(OutputLayer):
         if t2.shape[1] == 1:     # one target per row: a B x B table, no host synchronisation
             same = (t2[:, 0, None] == t2[None, :, 0]) & valid[:, 0, None] & valid[None, :, 0]
             GG += same * (gc[:, 0, None] * gc[None, :, 0])
-        else:                    # K-hot: compact the named ids (one host sync, in xp.unique)
-            Yc = _compact_targets(self.backend.xp, t2, valid, gc)
+        else:                    # K-hot: compact the named ids (no host read)
+            Yc = _compact_targets(self.backend, t2, valid, gc)
             GG += Yc @ Yc.T
         G1 = None
         if gs is not None:
@@ -394,8 +361,9 @@ class FactoredOutput(OutputLayer):
         return o
 
     def predict_topk(self, h, k: int, chunk_size=None):
-        """Best k outputs per row by chunks of V's rows (never B x D at once): O(D d B)."""
-        xp, p = self.backend.xp, self.params
+        """Best k outputs per row by chunks of V's rows (never B x D at once): O(D d B).
+        Best first; equal scores by ascending id (`backend.topk`'s rule)."""
+        xp, p, be = self.backend.xp, self.params, self.backend
         k = int(min(k, self.num_classes))
         chunk = max(int(chunk_size or self.topk_chunk), k)
         HU = h @ p["U"].T                                         # (B, d)
@@ -404,20 +372,15 @@ class FactoredOutput(OutputLayer):
         for start in range(0, self.num_classes, chunk):
             stop = min(start + chunk, self.num_classes)
             sc = self._score(HU @ p["V"][start:stop].T + ha)      # (B, chunk)
-            kk = min(k, stop - start)
-            part = xp.argpartition(-sc, kk - 1, axis=1)[:, :kk]
-            vals = xp.take_along_axis(sc, part, axis=1)
-            ids = part + start
-            if best_v is None:
-                best_v, best_i = vals, ids
-            else:
+            vals, ids = be.topk(sc, min(k, stop - start))
+            ids = ids + start
+            if best_v is not None:     # kept entries first: a tie goes to the lower id
                 cv = xp.concatenate([best_v, vals], axis=1)
                 ci = xp.concatenate([best_i, ids], axis=1)
-                kk = min(k, cv.shape[1])
-                sel = xp.argpartition(-cv, kk - 1, axis=1)[:, :kk]
-                best_v, best_i = xp.take_along_axis(cv, sel, axis=1), xp.take_along_axis(ci, sel, axis=1)
-        order = xp.argsort(-best_v, axis=1)
-        return xp.take_along_axis(best_i, order, axis=1), xp.take_along_axis(best_v, order, axis=1)
+                vals, sel = be.topk(cv, min(k, cv.shape[1]))
+                ids = xp.take_along_axis(ci, sel, axis=1)
+            best_v, best_i = vals, ids
+        return best_i, best_v
 
     def config(self):
         return {"in_features": self.in_features, "num_classes": self.num_classes,

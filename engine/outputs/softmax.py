@@ -233,8 +233,9 @@ class SoftmaxOutput(OutputLayer):
     def predict_topk(self, h, k: int, chunk_size=None):
         """The k most probable classes per row, best first: (ids (B, k) int64, log-probs (B, k)).
 
-        Runs over vocabulary chunks, keeping a running top-k, so B x D is never held at once."""
-        xp = self.backend.xp
+        Runs over vocabulary chunks, keeping a running top-k (`backend.topk`: equal logits by
+        ascending id), so B x D is never held at once."""
+        xp, be = self.backend.xp, self.backend
         k = int(min(k, self.num_classes))
         batch = h.shape[0]
         best_val = xp.full((batch, 0), -xp.inf, dtype=self.dtype)
@@ -245,14 +246,9 @@ class SoftmaxOutput(OutputLayer):
             ids = xp.concatenate(
                 [best_ids, xp.broadcast_to(xp.arange(start, stop, dtype=xp.int64), (batch, stop - start))],
                 axis=1)
-            if vals.shape[1] > k:
-                part = xp.argpartition(-vals, k - 1, axis=1)[:, :k]
-                vals = xp.take_along_axis(vals, part, axis=1)
-                ids = xp.take_along_axis(ids, part, axis=1)
-            best_val, best_ids = vals, ids
-        order = xp.argsort(-best_val, axis=1)
-        return (xp.take_along_axis(best_ids, order, axis=1),
-                xp.take_along_axis(best_val, order, axis=1) - lse[:, None])
+            best_val, pos = be.topk(vals, min(k, vals.shape[1]))
+            best_ids = xp.take_along_axis(ids, pos, axis=1)
+        return best_ids, best_val - lse[:, None]
 
     def config(self):
         return {"in_features": self.in_features, "num_classes": self.num_classes,

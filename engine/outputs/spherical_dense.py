@@ -84,17 +84,14 @@ class SphericalDenseOutput(OutputLayer):
         return self.loss.log_prob(xp, q, s, oc[:, 0], self.num_classes)
 
     def predict_topk(self, h, k: int):
-        xp = self.backend.xp
         scores = h @ self.params["W"].T
         if self.loss_name == "spherical":
             scores = scores * scores                 # p_c grows with o_c^2
         elif self.loss_name == "taylor":
             scores = 1.0 + scores + 0.5 * scores * scores
         k = int(min(k, self.num_classes))
-        part = xp.argpartition(-scores, k - 1, axis=1)[:, :k]
-        vals = xp.take_along_axis(scores, part, axis=1)
-        order = xp.argsort(-vals, axis=1)
-        return xp.take_along_axis(part, order, axis=1), xp.take_along_axis(vals, order, axis=1)
+        vals, ids = self.backend.topk(scores, k)          # best first, ties to the lower id
+        return ids, vals
 
     def config(self):
         return {"in_features": self.in_features, "num_classes": self.num_classes,

@@ -90,13 +90,10 @@ class SquaredErrorOutput(OutputLayer):
         raise NotImplementedError("squared error defines no likelihood; use loss_per_example")
 
     def predict_topk(self, h, k: int):
-        xp = self.backend.xp
         scores = self.scores(h)
         k = int(min(k, self.num_classes))
-        part = xp.argpartition(-scores, k - 1, axis=1)[:, :k]
-        vals = xp.take_along_axis(scores, part, axis=1)
-        order = xp.argsort(-vals, axis=1)
-        return xp.take_along_axis(part, order, axis=1), xp.take_along_axis(vals, order, axis=1)
+        vals, ids = self.backend.topk(scores, k)          # best first, ties to the lower id
+        return ids, vals
 
     def config(self):
         return {"in_features": self.in_features, "num_classes": self.num_classes,

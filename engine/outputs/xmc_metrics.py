@@ -5,7 +5,7 @@ Dimension letters: B examples, L labels, C labels of one chunk, K positives per 
 
 The scores of a minibatch are never needed as one B x L matrix: `TopK` keeps a running top-k per
 row while the caller feeds it score chunks (B, C) of consecutive label columns (merging the
-chunk's candidates with the ones kept so far), so memory is B x (k + C). `metric_sums` then turns
+chunk's candidates with the ones kept so far, through `backend.topk`), so memory is B x (k + C). `metric_sums` then turns
 the top-k label ids into per-minibatch sums, which `Engine.evaluate` adds over a split and
 `finish_metrics` divides.
 
@@ -45,41 +45,29 @@ def inverse_propensity(label_counts, num_train, a: float = 0.55, b: float = 1.5)
 
 
 class TopK:
-    """Running top-k over label chunks of the same rows: feed (scores (B, C), first column)."""
+    """Running top-k over label chunks of the same rows: feed (scores (B, C), first column).
 
-    def __init__(self, xp, rows: int, k: int, dtype):
-        self.xp, self.k = xp, int(k)
-        self.vals = xp.full((rows, 0), -xp.inf, dtype=dtype)
-        self.ids = xp.zeros((rows, 0), dtype=xp.int64)
+    Chunks must come in increasing column order. Selection and order follow `backend.topk`
+    (engine/backend/numpy_topk.py): best first, equal scores by ascending label id (the kept
+    entries stand before the new chunk, whose ids are larger), NaN above every number."""
+
+    def __init__(self, backend, rows: int, k: int, dtype):
+        self.backend, self.xp, self.k = backend, backend.xp, int(k)
+        self.vals = self.xp.full((rows, 0), -self.xp.inf, dtype=dtype)
+        self.ids = self.xp.zeros((rows, 0), dtype=self.xp.int64)
 
     def add(self, scores, start: int):
-        xp, k = self.xp, self.k
-        width = scores.shape[1]
-        if width > k:     # the chunk's own top-k first: no (B, C) id array, no negated copy
-            part = xp.argpartition(scores, width - k, axis=1)[:, width - k:]
-            vals = xp.take_along_axis(scores, part, axis=1)
-            ids = part.astype(xp.int64) + start
-        else:
-            vals = scores
-            ids = xp.broadcast_to(xp.arange(start, start + width, dtype=xp.int64), scores.shape)
+        be, xp, k = self.backend, self.xp, self.k
+        vals, ids = be.topk(scores, min(k, scores.shape[1]))   # the chunk's own top-k first
         vals = xp.concatenate([self.vals, vals.astype(self.vals.dtype, copy=False)], axis=1)
-        ids = xp.concatenate([self.ids, ids], axis=1)
-        if vals.shape[1] > k:
-            part = xp.argpartition(vals, vals.shape[1] - k, axis=1)[:, vals.shape[1] - k:]
-            vals = xp.take_along_axis(vals, part, axis=1)
-            ids = xp.take_along_axis(ids, part, axis=1)
-        self.vals, self.ids = vals, ids
+        ids = xp.concatenate([self.ids, ids + start], axis=1)
+        vals, pos = be.topk(vals, min(k, vals.shape[1]))
+        self.vals, self.ids = vals, xp.take_along_axis(ids, pos, axis=1)
 
     def result(self):
-        """(ids (B, k') int64, scores (B, k')) best first, k' = min(k, labels seen). Among the
-        kept entries, equal scores are ordered by label id; which of several labels tied at the
-        k-th score is kept is up to the partition (as with any top-k)."""
-        xp = self.xp
-        by_id = xp.argsort(self.ids, axis=1)
-        ids = xp.take_along_axis(self.ids, by_id, axis=1)
-        vals = xp.take_along_axis(self.vals, by_id, axis=1)
-        order = xp.argsort(-vals, axis=1, kind="stable")      # (CuPy's sort is stable too)
-        return xp.take_along_axis(ids, order, axis=1), xp.take_along_axis(vals, order, axis=1)
+        """(ids (B, k') int64, scores (B, k')) best first, k' = min(k, labels seen); equal
+        scores ordered by label id."""
+        return self.ids, self.vals
 
 
 def unique_targets(xp, targets):

@@ -1,4 +1,5 @@
-"""Text-corpus converters (engine/data/prepare.py), on small files and the real PTB/SOTU data."""
+"""Text-corpus converters (engine/data/prepare.py), on small files, a PTB-layout corpus written
+here, and the shipped SOTU data."""
 import io
 import os
 import tarfile
@@ -8,15 +9,12 @@ import numpy as np
 import pytest
 
 from engine.data import prepare
+from ptb_format import write_ptb_like
 from engine.data.errors import DataError
 from engine.data.hdf5_schema import open_lm_corpus
 from engine.data.prepare import (
     default_corpus_path, ensure_default_corpus, prepare_ptb, prepare_sotu, prepare_text,
 )
-
-PTB = Path(__file__).resolve().parents[3] / "shared" / "data" / "ptb"
-if not PTB.is_dir():
-    PTB = Path("/work/shared/data/ptb")
 
 
 def _text(path, text):
@@ -170,25 +168,25 @@ def test_sotu_archive_errors(tmp_path):
 
 
 # -------------------------------------------------------------------------- real data
-@pytest.fixture(scope="module")
-def ptb_file(tmp_path_factory):
-    if not (PTB / "ptb.train.txt").is_file():
-        pytest.skip(f"PTB not found at {PTB}")
-    out = tmp_path_factory.mktemp("ptb") / "ptb.h5"
-    return out, prepare_ptb(PTB, out)
-
-
-def test_ptb_exact_counts(ptb_file):
-    out, summary = ptb_file
-    assert summary.split_tokens == {"train": 929_589, "valid": 73_760, "test": 82_430}
-    assert summary.vocab_size == 10_000
+def test_ptb_exact_counts(tmp_path):
+    """PTB layout (Mikolov's files: leading space, <unk> already in the text): every training
+    word kept, one <eos> per line, counts exact (real PTB: 929,589 / 73,760 / 82,430 tokens,
+    10,000 words)."""
+    ptb = tmp_path / "ptb"
+    ptb.mkdir()
+    tokens, train_counts = write_ptb_like(ptb)
+    out = tmp_path / "ptb.h5"
+    summary = prepare_ptb(ptb, out)
+    assert summary.split_tokens == tokens
+    assert summary.vocab_size == len(train_counts) + 1            # the words and <eos>
     with open_lm_corpus(out) as c:
-        assert c.vocab_size == 10_000 and c.vocab.count("<unk>") == 1
+        assert c.vocab_size == len(train_counts) + 1 and c.vocab.count("<unk>") == 1
         assert c.vocab[0] == "the" and c.vocab[c.unk_id] == "<unk>"
         train = c.tokens("train")
         np.testing.assert_array_equal(np.bincount(train, minlength=c.vocab_size), c.counts)
-        assert int(np.count_nonzero(train == c.eos_id)) == 42_068     # one per line
+        assert int(np.count_nonzero(train == c.eos_id)) == 2000       # one per line
         assert all(c.counts > 0)          # no word of the vocabulary is unseen in training
+        assert {w: int(n) for w, n in zip(c.vocab, c.counts) if w != "<eos>"} == dict(train_counts)
 
 
 def test_prepare_ptb_missing_folder(tmp_path):

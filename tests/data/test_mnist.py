@@ -1,6 +1,7 @@
 """engine/data/mnist.py: IDX files (gzipped or plain) -> the classification HDF5 format."""
 import gzip
 import os
+import struct
 
 import numpy
 import pytest
@@ -9,8 +10,6 @@ from numpy.testing import assert_array_equal
 from engine.data.classification import describe, open_classification
 from engine.data.errors import DataError
 from engine.data.mnist import STEMS, load_mnist, prepare_mnist, read_idx, write_idx
-
-SHARED = os.path.join(os.path.dirname(__file__), "..", "..", "..", "shared", "data")
 
 
 def make_set(folder, n_train=40, n_test=12, gz=True, seed=0):
@@ -94,13 +93,47 @@ def test_folder_errors(tmp_path):
     assert not (tmp_path / "x.h5").exists()
 
 
-@pytest.mark.parametrize("name,first_label", [("mnist", 5), ("fashion-mnist", 9)])
-def test_shared_copies_convert(tmp_path, name, first_label):
-    folder = os.path.join(SHARED, name)
-    if not os.path.isdir(folder):
-        pytest.skip(f"no shared copy of {name} at {folder}")
-    data = load_mnist(folder)
-    assert data["train"][0].shape == (55000, 784) and data["valid"][0].shape == (5000, 784)
-    assert data["test"][0].shape == (10000, 784)
-    assert int(data["train"][1][0]) == first_label      # the well-known first labels
-    assert numpy.bincount(data["test"][1], minlength=10).min() > 800
+def write_idx_by_hand(path, array, gz):
+    """An IDX file written with struct, byte by byte from the format's definition (independent of
+    engine.data.mnist.write_idx): 0, 0, type 0x08 (uint8), ndim, big-endian uint32 sizes, data."""
+    raw = struct.pack(">BBBB", 0, 0, 0x08, array.ndim)
+    raw += struct.pack(f">{array.ndim}I", *array.shape)
+    raw += numpy.ascontiguousarray(array, dtype=numpy.uint8).tobytes()
+    with open(path, "wb") as fh:
+        fh.write(gzip.compress(raw) if gz else raw)
+
+
+@pytest.mark.parametrize("spelling,gz", [("mnist", True), ("mirror", False)])
+def test_full_protocol_split_from_hand_written_idx_files(tmp_path, spelling, gz):
+    """The default protocol on a folder laid out as the MNIST distribution (or a mirror that
+    spells the names with a dot, uncompressed): the last 5,000 training images are the
+    validation split, the t10k files the test split, pixels flattened row-major."""
+    n_train, n_test = 5000 + 23, 17
+    sets = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        labels = ((numpy.arange(n) * 7 + (5 if split == "train" else 9)) % 10).astype(numpy.uint8)
+        images = numpy.zeros((n, 28, 28), numpy.uint8)
+        images[:, 0, 0] = numpy.arange(n) % 256              # the row number, in the first pixel
+        images[:, 27, :] = (labels * 25)[:, None]            # the label, in the last image row
+        images[numpy.arange(n), 3, labels] = 255
+        sets[split] = (images, labels)
+        for kind, array in (("images", images), ("labels", labels)):
+            name = STEMS[f"{split}_{kind}"]
+            if spelling == "mirror":
+                name = name.replace("-idx", ".idx")
+            write_idx_by_hand(tmp_path / (name + (".gz" if gz else "")), array, gz)
+    data = load_mnist(tmp_path)
+    (x_tr, y_tr), (x_va, y_va), (x_te, y_te) = data["train"], data["valid"], data["test"]
+    assert x_tr.shape == (23, 784) and x_va.shape == (5000, 784) and x_te.shape == (17, 784)
+    assert x_tr.dtype == numpy.uint8 and y_tr.dtype == numpy.int64
+    assert int(y_tr[0]) == 5 and int(y_te[0]) == 9                   # the first labels
+    train_images, train_labels = sets["train"]
+    assert_array_equal(x_tr, train_images[:23].reshape(23, 784))
+    assert_array_equal(x_va, train_images[23:].reshape(5000, 784))
+    assert_array_equal(y_va, train_labels[23:])
+    assert_array_equal(x_te, sets["test"][0].reshape(17, 784))
+    assert_array_equal(y_te, sets["test"][1])
+    assert x_va[0, 0] == 23 % 256 and x_va[0, 27 * 28] == train_labels[23] * 25   # row-major
+    assert tuple(data["image_shape"]) == (28, 28)
+    out = prepare_mnist(tmp_path, tmp_path / "m.h5")
+    assert describe(out)["examples"] == {"train": 23, "valid": 5000, "test": 17}

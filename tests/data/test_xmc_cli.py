@@ -1,10 +1,10 @@
 """`engine prepare xmc | xmc-synthetic` and `engine train` on the result: the --json line carries
 test P@k, nDCG@k and PSP@k, with a dense output and (when present) a fixed fan-in output."""
-import importlib.util
 import json
 
 import pytest
 
+from baselines import most_frequent_label_p_at_1
 from engine.cli import main
 from engine.data.xmc import describe
 from engine.data.xmc_synthetic import write_synthetic_xmc
@@ -28,7 +28,7 @@ def dataset(tmp_path_factory):
 
 def train(dataset, tmp_path, capsys, *extra):
     assert main(["train", "--data", str(dataset), "--hidden", "--intermediate", "32",
-                 "--epochs", "2", "--batch-size", "32", "--lr", "3e-3", "--device", "cpu",
+                 "--epochs", "2", "--batch-size", "32", "--lr", "1e-2", "--device", "cpu",
                  "--run-dir", str(tmp_path / "run"), "--no-progress", "--json", *extra]) == 0
     return last_json(capsys)
 
@@ -40,15 +40,17 @@ def test_prepare_and_train_dense(dataset, tmp_path, capsys):
     for key in ("test_p@1", "test_p@3", "test_p@5", "test_ndcg@5", "test_psp@1", "valid_p@1"):
         assert key in result, key
     # a learnable problem: far above the P@1 of predicting the most frequent label everywhere
-    assert result["test_p@1"] > 0.5, result
+    # (0.32 here; measured 0.89)
+    baseline = most_frequent_label_p_at_1(dataset)
+    assert 0.2 < baseline < 0.5
+    assert result["test_p@1"] > baseline + 0.35, (result, baseline)
 
 
 def test_train_ffi_output(dataset, tmp_path, capsys):
-    if importlib.util.find_spec("engine.layers.fixed_fanin") is None:
-        pytest.skip("engine/layers/fixed_fanin.py (FixedFanInLinear) not present")
     result = train(dataset, tmp_path, capsys, "--output", "squared-hinge", "--output-kwargs",
                    '{"weights": "ffi", "fan_in": 8, "rewire_every": 20}')
-    assert "test_p@1" in result and result["test_p@1"] > 0.3, result
+    baseline = most_frequent_label_p_at_1(dataset)          # 0.32; measured 0.84
+    assert result["test_p@1"] > baseline + 0.35, (result, baseline)
 
 
 def test_prepare_synthetic_and_errors(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """FixedFanInLinear (engine/layers/fixed_fanin.py): exactness against a dense Linear, float64
-finite differences, numba vs the NumPy reference, NumPy vs CuPy for both GPU paths (kernel,
-cuSPARSE; atomic and deterministic input gradients), state round trip, memory report, errors."""
+finite differences, the layer on the numba path vs the NumPy reference, NumPy vs CuPy for both
+GPU paths (kernel, cuSPARSE; atomic and deterministic input gradients), state round trip, memory
+report, errors. The primitives themselves (reference, CPU loops, index layouts) are tested in
+tests/backend/test_ffi_primitives.py."""
 from __future__ import annotations
 
 import numpy
@@ -9,12 +11,17 @@ import pytest
 from devices import BACKEND_PARAMS, make_backend, to_host, tolerance
 from gradcheck import check_layer_gradients
 
+from engine.backend import Backend
 from engine.layers import Linear
-from engine.layers import fixed_fanin_cpu as ref
+from engine.layers import fixed_fanin as ffi_layer
 from engine.layers.fixed_fanin import FixedFanInLinear
 from engine.optim import Adam
 
 GPU_METHODS = ["kernel", "cusparse"]
+# `method` picks among the GPU paths; on the CPU every method but "reference" runs the numba
+# loops, so the NumPy cases are the numba path ("auto") and the plain NumPy reference
+BACKEND_METHODS = [("numpy", "auto"), ("numpy", "reference")] + [
+    pytest.param("cupy", m, marks=pytest.mark.gpu) for m in ("auto", "kernel", "cusparse")]
 
 
 def make_layer(backend, I=30, L=50, K=7, dtype="float64", seed=0, **kw):
@@ -23,13 +30,16 @@ def make_layer(backend, I=30, L=50, K=7, dtype="float64", seed=0, **kw):
 
 
 def host_reference(layer, x, dy):
-    """(y, dw, db, dx) from the NumPy reference on host copies of the layer's state."""
+    """(y, dw, db, dx) from the NumPy reference (Backend.ffi_*, method="reference") on host
+    copies of the layer's state."""
     w, idx = to_host(layer.params["weights"]), to_host(layer.indices)
     b = to_host(layer.params["bias"]) if layer.use_bias else None
     x, dy = to_host(x), to_host(dy)
-    y = ref.reference_forward(numpy, x, idx, w, b)
-    dw = ref.reference_grad_weights(numpy, dy, x, idx)
-    dx = ref.reference_grad_input(numpy, dy, idx, w, layer.in_features)
+    be = Backend()
+    index = be.ffi_index(numpy.ascontiguousarray(idx, dtype=numpy.int32), layer.in_features)
+    xt = numpy.ascontiguousarray(x.T)
+    y = be.ffi_forward(xt, index, w, b, method="reference")
+    dw, dx = be.ffi_backward(dy, xt, index, w, method="reference")
     return y, dw, dy.sum(axis=0), dx
 
 
@@ -43,8 +53,7 @@ def dense_of(layer):
 
 
 # ------------------------------------------------------------------ exactness vs dense
-@pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
-@pytest.mark.parametrize("method", ["auto", "kernel", "cusparse"])
+@pytest.mark.parametrize("backend_name,method", BACKEND_METHODS)
 @pytest.mark.parametrize("shuffle", [False, True])
 def test_full_fan_in_equals_dense_linear_over_adam_steps(backend_name, method, shuffle):
     """fan_in = in_features with every index: forward, backward and 5 Adam steps equal Linear.
@@ -67,6 +76,10 @@ def test_full_fan_in_equals_dense_linear_over_adam_steps(backend_name, method, s
         x = be.asarray(rng.standard_normal((B, I)))
         dy = be.asarray(rng.standard_normal((B, L)))
         yd, yf = dense.forward(x), ffi.forward(x)
+        if backend_name == "numpy":
+            assert ffi._used_method == {"auto": "numba", "reference": "reference"}[method]
+        elif method != "auto":
+            assert ffi._used_method == method
         numpy.testing.assert_allclose(to_host(yf), to_host(yd), rtol=1e-12, atol=1e-12)
         dxd, dxf = dense.backward(dy), ffi.backward(dy)
         numpy.testing.assert_allclose(to_host(dxf), to_host(dxd), rtol=1e-12, atol=1e-12)
@@ -166,14 +179,13 @@ def test_gpu_paths_match_numpy(method, deterministic, dtype, rewired, small_grid
 
 @pytest.mark.gpu
 def test_gpu_auto_picks_a_method_once_per_shape():
-    from engine.layers import fixed_fanin_gpu as fg
     gpu = make_backend("cupy")
     layer = make_layer(gpu, 50, 300, 8, dtype="float32", method="auto")
     x = gpu.asarray(numpy.ones((16, 50), dtype="float32"))
     layer.forward(x)
-    assert layer._used_method in fg.METHODS
-    keys = [k for k in fg.CHOICES if k[1:5] == (300, 50, 8, 16)]
-    assert len(keys) == 1 and fg.CHOICES[keys[0]] == layer._used_method
+    assert layer._used_method in gpu.ffi_methods
+    keys = [k for k in ffi_layer.CHOICES if k[1:5] == (300, 50, 8, 16)]
+    assert len(keys) == 1 and ffi_layer.CHOICES[keys[0]] == layer._used_method
 
 
 @pytest.mark.parametrize("backend_name", BACKEND_PARAMS)
@@ -275,71 +287,5 @@ def test_bad_arguments_and_inputs_raise_clear_errors():
         layer.set_indices(numpy.tile(numpy.arange(3, dtype=numpy.int32), (10, 1)))
 
 
-# ------------------------------------------------------------------ GPU helpers, run with NumPy
-def test_gpu_index_helpers_with_numpy_arrays():
-    """build_csc, row_sort_permutation and the gathered dw are written against `xp`: run them
-    with NumPy to check the layouts the GPU path relies on (CSC order, sorted CSR view)."""
-    import scipy.sparse
-    from engine.layers import fixed_fanin_gpu as fg
-    be = make_backend("numpy")
-    layer = make_layer(be, 37, 120, 9)
-    layer.rewire(step=2)                                   # unsorted rows
-    idx, w = layer.indices, layer.params["weights"]
-    L, K, I = 120, 9, 37
-    rng = numpy.random.default_rng(8)
-    dy = rng.standard_normal((5, L))
-    x = rng.standard_normal((5, I))
-    # CSC: slots reading input i, ascending; summing in that order gives dx
-    colptr, slots = fg.build_csc(numpy, idx, I)
-    assert colptr.dtype == numpy.int64 and slots.dtype == numpy.int32 and colptr[-1] == L * K
-    dxt = numpy.zeros((I, 5))
-    for i in range(I):
-        s = slots[colptr[i]:colptr[i + 1]]
-        assert (numpy.diff(s) > 0).all() and (idx.reshape(-1)[s] == i).all()
-        for slot in s:
-            dxt[i] += w.reshape(-1)[slot] * dy[:, slot // K]
-    numpy.testing.assert_allclose(dxt.T, ref.reference_grad_input(numpy, dy, idx, w, I), rtol=1e-12)
-    # sorted CSR view of the same storage
-    perm = fg.row_sort_permutation(numpy, idx)
-    indptr = numpy.arange(0, L * K + 1, K)
-    W = scipy.sparse.csr_matrix((w.reshape(-1)[perm], idx.reshape(-1)[perm], indptr), shape=(L, I))
-    assert W.has_sorted_indices
-    numpy.testing.assert_allclose(W.toarray(), dense_of(layer), rtol=1e-15)
-    # gathered dw, in chunks smaller than L
-    old = fg._GATHER_BYTES
-    try:
-        fg._GATHER_BYTES = 7 * K * 5 * 8
-        dw = fg.grad_weights_gathered(numpy, dy, numpy.ascontiguousarray(x.T), idx)
-    finally:
-        fg._GATHER_BYTES = old
-    numpy.testing.assert_allclose(dw, ref.reference_grad_weights(numpy, dy, x, idx), rtol=1e-12)
-    # method="auto" measures once per power-of-two batch bucket
-    assert [fg.batch_bucket(b) for b in (1, 3, 32, 33, 256)] == [1, 4, 32, 64, 256]
-
-
-def test_cpu_input_grad_parts_are_deterministic_across_thread_counts(monkeypatch):
-    """The numba input gradient splits the labels into a fixed number of ranges with private
-    buffers summed in order: bit-identical for 1 and 2 numba threads, equal to the reference."""
-    numba = pytest.importorskip("numba")
-    from engine.layers import fixed_fanin_cpu as cpu
-    monkeypatch.setattr(cpu, "CHUNK", 4)            # several parts at a small size
-    rng = numpy.random.default_rng(3)
-    L, I, K, B = 97, 40, 5, 6
-    idx = numpy.stack([rng.choice(I, K, replace=False) for _ in range(L)]).astype(numpy.int32)
-    w = rng.standard_normal((L, K)).astype(numpy.float32)
-    x = rng.standard_normal((B, I)).astype(numpy.float32)
-    dy = rng.standard_normal((B, L)).astype(numpy.float32)
-    dy[:, ::3] = 0                                   # skipped labels
-    assert cpu.input_grad_parts((I, B), numpy.float32, L) > 1
-    xt = cpu.transpose_input(x)
-    before = numba.get_num_threads()
-    try:
-        results = []
-        for threads in (1, min(2, numba.config.NUMBA_NUM_THREADS)):
-            numba.set_num_threads(threads)
-            results.append(cpu.backward(dy, xt, idx, w)[1])
-    finally:
-        numba.set_num_threads(before)
-    numpy.testing.assert_array_equal(results[0], results[1])
-    ref = cpu.reference_grad_input(numpy, dy.astype(numpy.float64), idx, w.astype(numpy.float64), I)
-    numpy.testing.assert_allclose(results[0], ref, rtol=1e-5, atol=1e-5)
+def test_auto_measures_once_per_power_of_two_batch_bucket():
+    assert [ffi_layer.batch_bucket(b) for b in (1, 3, 32, 33, 256)] == [1, 4, 32, 64, 256]

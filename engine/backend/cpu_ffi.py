@@ -1,4 +1,6 @@
-"""Fixed fan-in (FFI) layer primitives: the NumPy reference and the numba CPU loops.
+"""CPU loops (numba) of the fixed fan-in (FFI) layer: what `Backend.ffi_forward` / `ffi_backward`
+run for method="numba" (engine/backend/numpy_ffi.py holds the NumPy reference they are tested
+against).
 
 Shapes: B batch, L labels (outputs), K fan-in, I inputs; idx (L, K) int32, w (L, K), bias (L,).
 
@@ -6,20 +8,16 @@ Shapes: B batch, L labels (outputs), K fan-in, I inputs; idx (L, K) int32, w (L,
     grad_weights   dw[l, k] = sum_b dy[b, l] x[b, idx[l, k]]                      (L, K)
     grad_input     dx[b, i] = sum over (l, k) with idx[l, k] = i of w[l, k] dy[b, l]  (B, I)
 
-`reference_*` are the specification, written with the backend's array module (`xp`, NumPy or
-CuPy) one fan-in column at a time, so they need O(B L) scratch and never a (B, L, K) array; the
-GPU tests compare the kernels of rawkernels/ffi.cu with them.
-
-The numba loops (`forward`, `backward`) are what the layer runs on the CPU. They read the input
-transposed, xt (I, B) C-contiguous (made once per forward and kept for backward), so a gathered
-input column x[:, i] is B adjacent numbers. Measured on the 2-core test machine at the
-Amazon-670K shape (tools/bench_ffi.py): label-parallel `prange` loops for the forward and the
-weight gradient; the input gradient is a scatter over the indices: a fixed number of label
-ranges (`input_grad_parts`: up to 8, within 256 MiB of private (I, B) buffers) scatter in
-parallel, each in label order into its own buffer, and the buffers are summed in order, so the
-sums do not depend on the thread count (deterministic by construction; at the Amazon-670K shape,
-batch 32, on 2 cores: 450 -> about 230 ms). Rows of dy that are all zero (the squared hinge gives many) are skipped when
-`skip_zero` is set: their dw row is 0 and they scatter nothing.
+The loops read the input transposed, xt (I, B) C-contiguous (made once per forward and kept for
+backward), so a gathered input column x[:, i] is B adjacent numbers. Measured on the 2-core test
+machine at the Amazon-670K shape (tools/bench_ffi.py): label-parallel `prange` loops for the
+forward and the weight gradient; the input gradient is a scatter over the indices: a fixed
+number of label ranges (`input_grad_parts`: up to 8, within 256 MiB of private (I, B) buffers)
+scatter in parallel, each in label order into its own buffer, and the buffers are summed in
+order, so the sums do not depend on the thread count (deterministic by construction; at the
+Amazon-670K shape, batch 32, on 2 cores: 450 -> about 230 ms). Rows of dy that are all zero
+(the squared hinge gives many) are skipped when `skip_zero` is set: their dw row is 0 and they
+scatter nothing.
 """
 from __future__ import annotations
 
@@ -32,41 +30,6 @@ except Exception:  # pragma: no cover - exercised only where numba cannot be imp
 
 #: Labels per parallel work item (amortises numba's per-item cost and the scratch vector).
 CHUNK = 256
-
-
-# ------------------------------------------------------------------ NumPy reference
-def reference_forward(xp, x_bi, idx_lk, w_lk, bias_l=None):
-    """y (B, L) = sum_k w[:, k] * x[:, idx[:, k]] (+ bias)."""
-    B, L = x_bi.shape[0], idx_lk.shape[0]
-    y = xp.zeros((B, L), dtype=w_lk.dtype)
-    for k in range(idx_lk.shape[1]):
-        y += x_bi[:, idx_lk[:, k]] * w_lk[:, k]
-    if bias_l is not None:
-        y += bias_l
-    return y
-
-
-def reference_grad_weights(xp, dy_bl, x_bi, idx_lk):
-    """dw (L, K): dw[l, k] = sum_b dy[b, l] x[b, idx[l, k]]."""
-    L, K = idx_lk.shape
-    dw = xp.empty((L, K), dtype=dy_bl.dtype)
-    for k in range(K):
-        dw[:, k] = (dy_bl * x_bi[:, idx_lk[:, k]]).sum(axis=0)
-    return dw
-
-
-def reference_grad_input(xp, dy_bl, idx_lk, w_lk, in_features):
-    """dx (B, I): every slot (l, k) adds w[l, k] dy[:, l] to column idx[l, k] (duplicates add)."""
-    B = dy_bl.shape[0]
-    dxt = xp.zeros((in_features, B), dtype=dy_bl.dtype)
-    for k in range(idx_lk.shape[1]):
-        contrib = (dy_bl * w_lk[:, k]).T                  # (L, B)
-        if xp is numpy:
-            numpy.add.at(dxt, idx_lk[:, k], contrib)
-        else:  # CuPy: scatter_add accumulates duplicates (atomics)
-            import cupyx
-            cupyx.scatter_add(dxt, idx_lk[:, k], contrib)
-    return xp.ascontiguousarray(dxt.T)
 
 
 # ------------------------------------------------------------------ numba loops
@@ -157,15 +120,8 @@ def input_grad_parts(xt_shape, dtype, num_labels):
     return int(max(1, min(INPUT_GRAD_PARTS, fit, num_labels // CHUNK or 1)))
 
 
-def transpose_input(x_bi):
-    """xt (I, B) C-contiguous: the layout every loop and kernel gathers from."""
-    return numpy.ascontiguousarray(x_bi.T)
-
-
 def forward(xt_ib, idx_lk, w_lk, bias_l=None):
-    """y (B, L) from the transposed input (numba; the NumPy reference without numba)."""
-    if numba is None:  # pragma: no cover
-        return reference_forward(numpy, numpy.ascontiguousarray(xt_ib.T), idx_lk, w_lk, bias_l)
+    """y (B, L) from the transposed input (numba)."""
     B, L = xt_ib.shape[1], idx_lk.shape[0]
     y = numpy.empty((B, L), dtype=w_lk.dtype)
     bias = bias_l if bias_l is not None else numpy.zeros(1, dtype=w_lk.dtype)
@@ -176,12 +132,6 @@ def forward(xt_ib, idx_lk, w_lk, bias_l=None):
 def backward(dy_bl, xt_ib, idx_lk, w_lk, skip_zero=True, need_input_grad=True):
     """(dw (L, K), dx (B, I) or None) from dy (B, L) and the transposed input (numba)."""
     dy_bl = numpy.ascontiguousarray(dy_bl, dtype=w_lk.dtype)
-    if numba is None:  # pragma: no cover
-        x = numpy.ascontiguousarray(xt_ib.T)
-        dw = reference_grad_weights(numpy, dy_bl, x, idx_lk)
-        dx = (reference_grad_input(numpy, dy_bl, idx_lk, w_lk, xt_ib.shape[0])
-              if need_input_grad else None)
-        return dw, dx
     dw = numpy.empty(idx_lk.shape, dtype=w_lk.dtype)
     _grad_weights(dw, dy_bl, xt_ib, idx_lk, bool(skip_zero), w_lk.dtype.type(0))
     dx = None

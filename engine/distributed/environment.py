@@ -1,0 +1,68 @@
+"""Which communicator a process gets: detected from the launcher's environment, or forced.
+
+`from_environment(kind="auto", backend=None)`:
+    "single"  SingleProcess (never imports mpi4py)
+    "mpi"     MPIComm over MPI.COMM_WORLD (mpi4py must import)
+    "nccl"    NCCLComm for a GPU backend (falls back to MPI with host staging, and says so,
+              when two ranks share a GPU or NCCL is missing)
+    "auto"    the launcher's environment says how many ranks there are: more than one gives
+              "nccl" for a GPU backend and "mpi" otherwise; one rank (or no launcher) gives
+              "single", without importing mpi4py.
+The variable ENGINE_DISTRIBUTED (single | mpi | nccl | auto) overrides an "auto" request, as a
+command-line flag does.
+
+Launchers and the variables they set for every rank (the world size):
+    MPICH / Intel MPI (Hydra), also `mpiexec` of the mpich wheel:  PMI_SIZE, PMI_RANK
+    Open MPI (4 and 5):                                            OMPI_COMM_WORLD_SIZE
+    MVAPICH:                                                       MV2_COMM_WORLD_SIZE
+A Slurm allocation alone (SLURM_NTASKS in a batch script that runs one python) is not a
+multi-rank launch: use `srun --mpi=pmi2` (sets PMI_SIZE) or `mpiexec`, or force the kind.
+"""
+from __future__ import annotations
+
+import os
+
+from .comm import SingleProcess
+
+KINDS = ("auto", "single", "mpi", "nccl")
+SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+
+
+def launched_size(environ=None) -> int:
+    """The number of ranks the launcher started (1 when no launcher variable is set)."""
+    env = os.environ if environ is None else environ
+    for name in SIZE_VARIABLES:
+        value = env.get(name)
+        if value:
+            try:
+                return max(1, int(value))
+            except ValueError:
+                raise ValueError(f"environment variable {name}={value!r} is not a rank "
+                                 f"count") from None
+    return 1
+
+
+def from_environment(kind: str = "auto", backend=None, environ=None):
+    """The communicator for this process (see the module docstring); bound to `backend`."""
+    env = os.environ if environ is None else environ
+    if kind == "auto":
+        kind = env.get("ENGINE_DISTRIBUTED", "auto").strip().lower() or "auto"
+    if kind not in KINDS:
+        raise ValueError(f"distributed: kind must be one of {KINDS}, got {kind!r}")
+    if kind == "auto":
+        if launched_size(env) <= 1:
+            kind = "single"
+        else:
+            kind = "nccl" if backend is not None and backend.device != "cpu" else "mpi"
+    if kind == "single":
+        comm = SingleProcess()
+    elif kind == "mpi":
+        from .mpi import MPIComm
+        comm = MPIComm()
+    else:
+        from .nccl import make_nccl_or_mpi
+        return make_nccl_or_mpi(backend)
+    return comm.bind(backend) if backend is not None else comm
+
+
+__all__ = ["from_environment", "launched_size", "KINDS", "SIZE_VARIABLES"]

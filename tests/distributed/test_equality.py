@@ -1,0 +1,111 @@
+"""Distributed training equals the single-process run (float64, CPU, 20 steps).
+
+For every scenario of dist_scenarios.py (exact softmax whole / chunked / fused SGD, squared
+hinge and BCE over dense and FFI weights, the factored layer with two losses, data-parallel
+adaptive softmax): the per-step losses, every parameter (the sharded ones concatenated over
+the ranks) and the evaluation metrics equal the single-process run's to 1e-10; every rank
+reports the same losses and metrics, and the replicated parameters are bit-identical on every
+rank. N = 1 runs in this process (SingleProcess); N = 2 and 3 run under mpiexec, one job per N
+for all scenarios.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+import numpy
+import pytest
+
+from dist_runs import run_ranks, run_single
+from dist_scenarios import SCENARIOS
+from engine.distributed import SingleProcess
+from mpi_jobs import mpi_skip_reason, run_job
+
+TOL = 1e-10
+NAMES = sorted(SCENARIOS)
+
+
+@pytest.fixture(scope="module")
+def reference():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = run_single(name)
+        return cache[name]
+    return get
+
+
+def assert_close(got, want, what):
+    got, want = numpy.asarray(got, dtype=numpy.float64), numpy.asarray(want, dtype=numpy.float64)
+    assert got.shape == want.shape, f"{what}: shape {got.shape}, expected {want.shape}"
+    if got.size:
+        err = numpy.abs(got - want).max()
+        scale = max(1.0, float(numpy.abs(want).max()))
+        assert err <= TOL * scale, f"{what}: max abs difference {err:.3g} (scale {scale:.3g})"
+
+
+def compare(ref, ranks):
+    """ranks: one result per rank, {"losses", "state", "sharded", "metrics"}."""
+    first = ranks[0]
+    for r, result in enumerate(ranks):
+        numpy.testing.assert_array_equal(result["losses"], first["losses"],
+                                         err_msg=f"rank {r}'s losses differ from rank 0's")
+        assert result["metrics"] == first["metrics"], f"rank {r}'s metrics differ from rank 0's"
+    assert_close(first["losses"], ref["losses"], "losses")
+    sharded = set(first["sharded"])
+    assert set(first["state"]) == set(ref["state"])
+    for key, want in ref["state"].items():
+        if key in sharded:
+            got = numpy.concatenate([result["state"][key] for result in ranks])
+        else:
+            got = first["state"][key]
+            for r, result in enumerate(ranks):
+                assert numpy.array_equal(result["state"][key], got), \
+                    f"replicated {key} differs between rank 0 and rank {r}"
+        assert_close(got, want, key)
+    assert set(first["metrics"]) == set(ref["metrics"])
+    for key, want in ref["metrics"].items():
+        assert_close(first["metrics"][key], want, f"metric {key}")
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_one_rank_equals_single_process(name, reference):
+    compare(reference(name), [run_ranks(name, SingleProcess())])
+
+
+@pytest.fixture(scope="module", params=[2, 3], ids=["N=2", "N=3"])
+def mpi_run(request, tmp_path_factory):
+    reason = mpi_skip_reason()
+    if reason:
+        pytest.skip(reason)
+    n = request.param
+    out = tmp_path_factory.mktemp(f"ranks{n}")
+    proc = run_job(n, "train", out, *NAMES)
+    assert proc.returncode == 0, f"mpiexec -n {n} failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
+    return n, str(out)
+
+
+def load_ranks(n, out, name):
+    ranks = []
+    for r in range(n):
+        base = os.path.join(out, f"{name}.rank{r}")
+        with numpy.load(base + ".npz") as arrays:
+            state = {k[len("state/"):]: arrays[k] for k in arrays.files if k.startswith("state/")}
+            losses = arrays["losses"]
+        with open(base + ".json") as f:
+            meta = json.load(f)
+        assert meta["size"] == n, (f"rank {r} saw {meta['size']} ranks, not {n}: the mpiexec on "
+                                   f"PATH does not belong to the MPI that mpi4py uses")
+        ranks.append({"losses": losses, "state": state, "sharded": meta["sharded"],
+                      "metrics": meta["metrics"]})
+    return ranks
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_ranks_equal_single_process(name, mpi_run, reference):
+    n, out = mpi_run
+    ranks = load_ranks(n, out, name)
+    if not name.startswith("adaptive"):          # label-sharded: every rank holds a part of the output
+        assert ranks[0]["sharded"], f"{name}: the output was not sharded"
+    compare(reference(name), ranks)

@@ -1,0 +1,381 @@
+"""Train language models to convergence, one run per output layer, and compare them.
+
+The experiment (corpus, model, optimizer, stopping rule and the runs: one output layer each, with
+its options) lives in a TOML file under tools/experiments/; this script runs it and writes one
+JSON of results (with the command that produced it), a Markdown table and a PNG plot of
+validation perplexity against wall-clock time, one curve per run.
+
+    python tools/study_convergence.py tools/experiments/vincent_ptb.toml --data-dir DIR
+    python tools/study_convergence.py tools/experiments/adaptive_ptb.toml --data-dir DIR --only adaptive-2000
+    python tools/study_convergence.py tools/experiments/vincent_ptb.toml --quick   # smoke test
+
+Stopping: early stopping on the validation split. After every epoch the validation loss is
+compared with the best so far; training stops after `patience` epochs without improvement, or
+at `max_epochs`. The test split is evaluated once, with the parameters of the best epoch
+(`best.h5` of the run folder). Runs resume from their checkpoint when the script is started
+again (each run has its own folder under --runs-dir), so a study can be stopped and continued.
+
+Perplexity: exact for the softmax, adaptive softmax and the spherical / Taylor softmax (their
+normalisers are exact in O(d^2) per word). Squared error and the Z-loss define no likelihood;
+their rows give two perplexities, both computed densely over the exported W at evaluation only
+and both marked as such: "normalised-outputs", p_c = max(o_c, floor) / sum_k max(o_k, floor)
+(floor 1e-5: the squared-error regression estimates p(c | context) by o_c), and
+"softmax-of-scores", p = softmax(o / T) with the temperature T chosen on the validation split
+from a grid (the Z-loss scores are shift and scale invariant, so some T is needed).
+
+Output-layer share: after training, 20 more steps (on a copy of the trained engine, so the
+results above are untouched) with timers around the output layer's forward, backward, its own
+update and the optimizer's update of its parameters, divided by the time of the whole step.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import os
+import sys
+import time
+
+import numpy
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+FLOOR = 1e-5
+
+
+def load_experiment(path):
+    import tomllib
+    with open(path, "rb") as fh:
+        exp = tomllib.load(fh)
+    for key in ("study", "model", "train", "run"):
+        if key not in exp:
+            raise SystemExit(f"{path}: missing [{key}] (see tools/experiments/README.md)")
+    return exp
+
+
+def normalised_output_perplexity(engine, data, split="test", batch_size=512, chunk=4096):
+    """Perplexity of p_c = max(o_c, FLOOR) / sum_k max(o_k, FLOOR) for an output with no
+    likelihood (squared error, Z-loss), dense over the exported W, by vocabulary chunks."""
+    model, be = engine.model, engine.backend
+    xp = be.xp
+    W = be.asarray(model.output.dense_weight())
+    bias = model.output.params.get("b")
+    loader = engine.make_loader(data, split, batch_size, shuffle=False)
+    total, count = 0.0, 0
+    try:
+        for x, y in loader.iter_from(0, 0):
+            h = model.hidden_forward(x, False)
+            z = xp.zeros(h.shape[0], dtype=numpy.float64)
+            for s in range(0, W.shape[0], chunk):
+                o = h @ W[s:s + chunk].T
+                if bias is not None:
+                    o = o + bias[s:s + chunk]
+                z += xp.maximum(o, FLOOR).sum(axis=1)
+            oc = (h * W[y]).sum(axis=1)
+            if bias is not None:
+                oc = oc + bias[y]
+            total -= float((xp.log(xp.maximum(oc, FLOOR)) - xp.log(z)).sum())
+            count += int(y.shape[0])
+    finally:
+        loader.close()
+    return math.exp(total / count)
+
+
+def softmax_of_scores_perplexity(engine, data, split, temperatures, batch_size=256, chunk=1024):
+    """Perplexity of softmax(o / T) for each T of `temperatures` (one pass over the split):
+    -> array of perplexities, one per T."""
+    model, be = engine.model, engine.backend
+    xp = be.xp
+    W = be.asarray(model.output.dense_weight())
+    bias = model.output.params.get("b")
+    inv_t = xp.asarray(1.0 / numpy.asarray(temperatures, dtype=numpy.float64))
+    loader = engine.make_loader(data, split, batch_size, shuffle=False)
+    total, count = xp.zeros(len(temperatures)), 0
+    try:
+        for x, y in loader.iter_from(0, 0):
+            h = model.hidden_forward(x, False).astype(numpy.float64)
+            n = h.shape[0]
+            run_max = xp.full((len(temperatures), n), -numpy.inf)
+            run_sum = xp.zeros((len(temperatures), n))
+            for s in range(0, W.shape[0], chunk):
+                o = h @ W[s:s + chunk].T.astype(numpy.float64)
+                if bias is not None:
+                    o = o + bias[s:s + chunk]
+                z = o[None, :, :] * inv_t[:, None, None]            # (T, B, C)
+                new_max = xp.maximum(run_max, z.max(axis=2))
+                run_sum = run_sum * xp.exp(run_max - new_max) + xp.exp(z - new_max[:, :, None]).sum(axis=2)
+                run_max = new_max
+            oc = (h * W[y].astype(numpy.float64)).sum(axis=1)
+            if bias is not None:
+                oc = oc + bias[y]
+            logp = oc[None, :] * inv_t[:, None] - run_max - xp.log(run_sum)
+            total -= logp.sum(axis=1)
+            count += n
+    finally:
+        loader.close()
+    return numpy.exp(be.to_host(total) / count)
+
+
+def score_temperatures(engine, data, batch_size=512, n=31):
+    """A grid of temperatures around the scale of the scores: std(o) x 10^[-2, 1]."""
+    model, be = engine.model, engine.backend
+    W = be.asarray(model.output.dense_weight())
+    loader = engine.make_loader(data, "valid", batch_size, shuffle=False)
+    try:
+        x, _ = next(iter(loader.iter_from(0, 0)))
+        std = float(be.to_host((model.hidden_forward(x, False) @ W.T).std()))
+    finally:
+        loader.close()
+    return std * numpy.logspace(-2, 1, n)
+
+
+class _Timer:
+    """Accumulates the wall time spent inside wrapped callables (after a device sync)."""
+
+    def __init__(self, backend):
+        self.backend, self.seconds = backend, 0.0
+
+    def wrap(self, fn):
+        def timed(*args, **kwargs):
+            self.backend.synchronize()
+            t0 = time.perf_counter()
+            out = fn(*args, **kwargs)
+            self.backend.synchronize()
+            self.seconds += time.perf_counter() - t0
+            return out
+        return timed
+
+
+def output_share(engine, data, batch_size, steps=20):
+    """(output-layer seconds / step seconds, step ms) over `steps` training steps on a copy."""
+    eng = copy.deepcopy(engine)
+    out = eng.model.output
+    timer = _Timer(eng.backend)
+    for name in ("forward", "backward", "prepare_update", "apply_update"):
+        setattr(out, name, timer.wrap(getattr(out, name)))
+    out_keys = {key for key, layer, _ in eng.model.param_items() if layer is out}
+    opt = eng.optimizer
+    for name in ("_update_dense", "_update_rows"):
+        inner = getattr(opt, name)
+        timed = timer.wrap(inner)
+        setattr(opt, name, (lambda inner, timed: lambda key, *a: (timed if key in out_keys
+                                                                  else inner)(key, *a))(inner, timed))
+    loader = eng.make_loader(data, "train", batch_size, shuffle=True)
+    total, n = 0.0, 0
+    try:
+        for i, (x, y) in enumerate(loader.iter_from(0, 0)):
+            if i >= steps + 2:
+                break
+            before = timer.seconds
+            eng.backend.synchronize()
+            t0 = time.perf_counter()
+            eng.train_step(x, y, check_finite=False)
+            eng.backend.synchronize()
+            if i >= 2:                       # two warm-up steps
+                total += time.perf_counter() - t0
+                n += 1
+            else:
+                timer.seconds = before
+    finally:
+        loader.close()
+    return timer.seconds / total, 1000.0 * total / n
+
+
+def build(exp, run, corpus, device):
+    from engine import Engine, MLPLanguageModel
+    from engine.optim import make_optimizer
+    m, t = exp["model"], exp["train"]
+    out_kw = dict(run.get("output_kwargs", {}))
+    if out_kw.get("cutoffs") == "auto":          # the cost model needs the word counts
+        out_kw.setdefault("counts", numpy.asarray(corpus.counts))
+        out_kw.setdefault("auto_batch", int(t["batch_size"]))
+    model = MLPLanguageModel(corpus.vocab_size, context=m["context"], embed_dim=m["embed_dim"],
+                             hidden=m["hidden"], activation=m.get("activation", "tanh"),
+                             dropout=m.get("dropout", 0.0), output=run["output"],
+                             output_kwargs=out_kw)
+    opt_kw = dict(t.get("optimizer_kwargs", {}))
+    opt_kw.update(run.get("optimizer_kwargs", {}))
+    optimizer = make_optimizer(t.get("optimizer", "adam"), lr=run.get("lr", t["lr"]),
+                               schedule=t.get("schedule"), **opt_kw)
+    return Engine(model, optimizer, device=device, seed=t.get("seed", 0), verbose=False)
+
+
+def run_one(exp, run, data, runs_dir, device, quick):
+    from engine import Engine
+    from engine.data.hdf5_schema import open_lm_corpus
+    t = exp["train"]
+    run_dir = os.path.join(runs_dir, exp["study"]["name"], run["name"])
+    ckpt = os.path.join(run_dir, "checkpoint.h5")
+    if os.path.exists(ckpt) and not quick:
+        engine = Engine.from_checkpoint(ckpt, device=device, verbose=False)
+        print(f"[study] {run['name']}: resuming at epoch {engine.epoch}", flush=True)
+    else:
+        with open_lm_corpus(data, check_tokens=False) as corpus:
+            engine = build(exp, run, corpus, device)
+    max_epochs = 1 if quick else int(t["max_epochs"])
+    patience = int(t.get("patience", 2))
+    steps = 50 if quick else t.get("max_steps_per_epoch")
+    batch = int(t["batch_size"])
+
+    def stalled(history):
+        losses = [h["valid_loss"] for h in history]
+        best = int(numpy.argmin(losses))
+        return len(losses) - 1 - best >= patience
+
+    while engine.epoch < max_epochs and not (engine.history and stalled(engine.history)):
+        engine.train(data, epochs=engine.epoch + 1, batch_size=batch, valid=data,
+                     run_dir=run_dir, max_steps_per_epoch=steps, progress=False)
+        h = engine.history[-1]
+        print(f"[study] {run['name']}: epoch {h['epoch']} valid loss {h['valid_loss']:.4f}"
+              + (f" ppl {h['valid_perplexity']:.2f}" if "valid_perplexity" in h else "")
+              + f", {h['seconds']:.0f} s", flush=True)
+    history = engine.history
+    best_epoch = int(numpy.argmin([h["valid_loss"] for h in history])) + 1
+    best = Engine.from_checkpoint(os.path.join(run_dir, "best.h5"), device=device, verbose=False)
+    likelihood = best.model.output.has_likelihood
+    if likelihood:
+        test_ppl = best.evaluate(data, split="test")["perplexity"]
+        kind = "exact"
+        valid_curve = [h["valid_perplexity"] for h in history]
+    else:
+        test_ppl = normalised_output_perplexity(best, data, "test")
+        kind = "normalised-outputs"
+        valid_curve = None
+        temps = score_temperatures(best, data)
+        valid_ppls = softmax_of_scores_perplexity(best, data, "valid", temps)
+        t_best = float(temps[int(numpy.argmin(valid_ppls))])
+        softmax_scores = {"temperature": t_best, "valid_perplexity": float(valid_ppls.min()),
+                          "test_perplexity": float(softmax_of_scores_perplexity(
+                              best, data, "test", [t_best])[0])}
+    share, step_ms = output_share(best, data, batch, steps=5 if quick else 20)
+    wall = numpy.cumsum([h["seconds"] for h in history]).tolist()
+    if run["output"] == "adaptive":
+        row_extra = {"cutoffs": list(engine.model.output.cutoffs)}
+    else:
+        row_extra = {}
+    row = {"name": run["name"], "output": run["output"], **row_extra,
+           "output_kwargs": run.get("output_kwargs", {}), "device": engine.device,
+           "epochs": len(history), "best_epoch": best_epoch,
+           "stopped": ("patience" if len(history) < max_epochs else "max_epochs"),
+           "test_perplexity": test_ppl, "perplexity_kind": kind,
+           "best_valid_loss": history[best_epoch - 1]["valid_loss"],
+           "seconds_per_epoch": float(numpy.mean([h["seconds"] for h in history])),
+           "wall_seconds": wall, "valid_loss": [h["valid_loss"] for h in history],
+           "valid_perplexity": valid_curve, "lr": [h["lr"] for h in history],
+           "output_share": share, "step_ms": step_ms,
+           "paper_test_perplexity": exp["study"].get("paper", {}).get(run["name"])}
+    if kind == "normalised-outputs":
+        row["best_valid_perplexity_normalised"] = normalised_output_perplexity(best, data, "valid")
+        row["softmax_of_scores"] = softmax_scores
+    if kind == "normalised-outputs":
+        print(f"[study] {run['name']}: softmax-of-scores test ppl "
+              f"{softmax_scores['test_perplexity']:.1f} (T = {softmax_scores['temperature']:.3g})")
+    print(f"[study] {run['name']}: test ppl {test_ppl:.1f} ({kind}), best epoch {best_epoch} "
+          f"of {len(history)}, {row['seconds_per_epoch']:.0f} s/epoch, output share "
+          f"{100 * share:.0f}%", flush=True)
+    return row
+
+
+def time_to_reach(row, target):
+    """Wall-clock seconds until the validation perplexity first reaches `target` (None if never)."""
+    curve = row.get("valid_perplexity")
+    if not curve:
+        return None
+    for seconds, ppl in zip(row["wall_seconds"], curve):
+        if ppl <= target:
+            return seconds
+    return None
+
+
+def write_outputs(exp, rows, out_json):
+    reference = next((r for r in rows if r["output"] == "softmax"), None)
+    if reference is not None and reference.get("valid_perplexity"):
+        target = min(reference["valid_perplexity"])
+        ref_time = time_to_reach(reference, target)
+        for r in rows:
+            r["target_valid_perplexity"] = target
+            r["seconds_to_target"] = time_to_reach(r, target)
+            r["speedup_to_target"] = (ref_time / r["seconds_to_target"]
+                                      if r["seconds_to_target"] else None)
+    result = {"study": exp["study"], "model": exp["model"], "train": exp["train"],
+              "command": "per row: see rows[i].command", "rows": rows}
+    os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
+    with open(out_json, "w") as fh:
+        json.dump(result, fh, indent=1, default=float)
+    base = os.path.splitext(out_json)[0]
+    lines = [f"# {exp['study']['name']}", "", exp["study"].get("description", "").strip(), "",
+             "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), "",
+             "| run | test ppl | kind | paper | epochs (best) | s/epoch | output share | "
+             "time to softmax's best valid ppl (speedup) |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        paper = "-" if r["paper_test_perplexity"] is None else f"{r['paper_test_perplexity']}"
+        reach = r.get("seconds_to_target")
+        reach = ("-" if reach is None else
+                 f"{reach:.0f} s ({r['speedup_to_target']:.2f}x)")
+        kind = r["perplexity_kind"]
+        if "softmax_of_scores" in r:
+            kind += f"; softmax of scores: {r['softmax_of_scores']['test_perplexity']:.1f}"
+        lines.append(f"| {r['name']} | {r['test_perplexity']:.1f} | {kind} | "
+                     f"{paper} | {r['epochs']} ({r['best_epoch']}) | {r['seconds_per_epoch']:.0f} | "
+                     f"{100 * r['output_share']:.0f}% | {reach} |")
+    with open(base + ".md", "w") as fh:
+        fh.write("\n".join(lines) + "\n")
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in rows:
+            if r.get("valid_perplexity"):
+                ax.plot(numpy.array(r["wall_seconds"]) / 60, r["valid_perplexity"], marker="o",
+                        label=f"{r['name']} (test {r['test_perplexity']:.1f})")
+        ax.set_xlabel("wall-clock minutes (training only)")
+        ax.set_ylabel("validation perplexity")
+        ax.set_title(exp["study"]["name"])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(base + ".png", dpi=110)
+        plt.close(fig)
+    except Exception as exc:              # the numbers matter more than the picture
+        print(f"[study] no plot: {exc}")
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("experiment", help="TOML file under tools/experiments/")
+    p.add_argument("--data-dir", default=".", help="folder holding the corpus files the "
+                   "experiment names (engine prepare ... --output DIR/NAME.h5)")
+    p.add_argument("--runs-dir", default="runs/studies", help="one run folder per run")
+    p.add_argument("--only", nargs="*", default=None, help="run only these names")
+    p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
+    p.add_argument("--json", default=None, help="results (default docs/results/<study>.json)")
+    p.add_argument("--quick", action="store_true", help="1 epoch of 50 steps per run")
+    args = p.parse_args(argv)
+    exp = load_experiment(args.experiment)
+    data = os.path.join(args.data_dir, exp["study"]["data"])
+    if not os.path.exists(data):
+        raise SystemExit(f"study: {data} not found ({exp['study'].get('prepare', 'engine prepare')})")
+    out_json = args.json or os.path.join("docs", "results", exp["study"]["name"] + ".json")
+    runs = [r for r in exp["run"] if args.only is None or r["name"] in args.only]
+    previous = {}
+    if os.path.exists(out_json) and not args.quick:
+        with open(out_json) as fh:
+            previous = {r["name"]: r for r in json.load(fh)["rows"]}
+    command = "python tools/study_convergence.py " + " ".join(
+        argv if argv is not None else sys.argv[1:])
+    rows = []
+    for run in exp["run"]:
+        if run in runs:
+            rows.append(run_one(exp, run, data, args.runs_dir, args.device, args.quick))
+            rows[-1]["command"] = command
+        elif run["name"] in previous:
+            rows.append(previous[run["name"]])
+        write_outputs(exp, rows, out_json)
+    print(open(os.path.splitext(out_json)[0] + ".md").read())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
