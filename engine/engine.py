@@ -7,7 +7,7 @@
 Data: a dataset path or its description (`engine.data.registry.describe(path)`, a DatasetInfo:
 the engine never opens the file again to decide its kind; train uses the "train" split, `valid`
 the "valid" split), an opened LM corpus, an `(x, y)` pair of arrays, or a loader
-(`engine.data.arrays.Loader`: `iter_from(epoch, start_batch)`, `__len__`, `close()`).
+(`engine.data.arrays.Loader`, or any object with `iter_from(epoch, start_batch)` and `__len__`).
 
 Run folder: log.txt, metrics.json, plot.png, checkpoint.h5, best.h5, and config.toml, every
 option of the run with its value (engine/config.py): `engine train --config` repeats the run.
@@ -32,7 +32,7 @@ import numpy
 
 from .backend import get_backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data.arrays import ArrayLoader, Loader
+from .data.arrays import ArrayLoader, Loader, epoch_batches
 from .data.hdf5_schema import LMCorpus
 from .data.info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 from .data.registry import as_info
@@ -232,7 +232,7 @@ class Engine:
             self._t0 = time.perf_counter()
             loss_sum = xp.zeros((), dtype=numpy.float64) + self.epoch_loss_sum
             bar = self._progress(progress, n_batches, self.batch_in_epoch)
-            batches = loader.batches(self.epoch, self.batch_in_epoch)
+            batches = epoch_batches(loader, self.epoch, self.batch_in_epoch)
             try:
                 for x, y in batches:
                     if self.batch_in_epoch >= n_batches:

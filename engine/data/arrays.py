@@ -9,6 +9,8 @@ ClassificationLoader (classification.py), XMCLoader (xmc.py).
 """
 from __future__ import annotations
 
+import abc
+
 import numpy
 
 
@@ -24,8 +26,18 @@ def epoch_order(num_examples, shuffle, seed, epoch):
     return numpy.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-class Loader:
-    """Base class of the loaders: the protocol above, with the shared pieces."""
+class Loader(abc.ABC):
+    """Base class of the loaders: the protocol above, with the shared pieces. A class that
+    defines `iter_from` and `__len__` counts as a Loader without subclassing it (as
+    collections.abc does for its protocols); `epoch_batches` and `close_loader` serve both."""
+
+    @classmethod
+    def __subclasshook__(cls, other):
+        if cls is Loader:
+            defined = set().union(*(vars(base) for base in other.__mro__))
+            if {"iter_from", "__len__"} <= defined:
+                return True
+        return NotImplemented
 
     def __len__(self):
         raise NotImplementedError
@@ -37,11 +49,6 @@ class Loader:
     def iter_from(self, epoch=0, start_batch=0):
         """The batches `start_batch`, `start_batch + 1`, ... of epoch `epoch`."""
         raise NotImplementedError
-
-    def batches(self, epoch=0, start_batch=0):
-        """`iter_from` as a generator whose `close()` stops the underlying iterator too (a
-        prefetch thread, an open chunk), whatever kind of iterator `iter_from` returns."""
-        yield from self.iter_from(epoch, start_batch)
 
     def __iter__(self):
         return self.iter_from(0, 0)
@@ -55,6 +62,12 @@ class Loader:
     def __exit__(self, *exc):
         self.close()
         return False
+
+
+def epoch_batches(loader, epoch=0, start_batch=0):
+    """`loader.iter_from(epoch, start_batch)` as a generator whose `close()` also stops the
+    iterator underneath (a prefetch thread, an open chunk), whatever its kind."""
+    yield from loader.iter_from(epoch, start_batch)
 
 
 class ArrayLoader(Loader):

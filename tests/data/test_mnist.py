@@ -136,4 +136,4 @@ def test_full_protocol_split_from_hand_written_idx_files(tmp_path, spelling, gz)
     assert x_va[0, 0] == 23 % 256 and x_va[0, 27 * 28] == train_labels[23] * 25   # row-major
     assert tuple(data["image_shape"]) == (28, 28)
     out = prepare_mnist(tmp_path, tmp_path / "m.h5")
-    assert describe(out)["examples"] == {"train": 23, "valid": 5000, "test": 17}
+    assert describe(out).splits == {"train": 23, "valid": 5000, "test": 17}
