@@ -36,14 +36,30 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block: train's has 80 flags),
+    with the closest flag for an unknown one."""
+
+    def error(self, message):
+        import difflib
+        if message.startswith("unrecognized arguments: "):
+            flags = [s for a in self._actions for s in a.option_strings]
+            for word in message.split(": ", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                if word.startswith("-") and close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser(command=None):
     """The parser of one command (`command`), or the top-level one listing the commands.
     Only `engine train` imports the option declarations (the models, outputs, optimizers)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="engine", description=__doc__.split("\n")[0],
         epilog="Without a command, engine runs `engine train`. `engine COMMAND --help` gives a "
                "command's options.")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name, text in COMMANDS.items():
         p = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
         if name == command:
@@ -328,10 +344,14 @@ def cmd_bench(args):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or (argv[0] not in COMMANDS and argv[0] not in ("-h", "--help")):
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
         argv = ["train"] + argv                  # no command: engine train
     command = argv[0] if argv[0] in COMMANDS else None
-    args = build_parser(command).parse_args(argv)
+    parser = build_parser(command)
+    args, extra = parser.parse_known_args(argv)
+    if extra:                                    # the command's own parser names them
+        parser._subparsers._group_actions[0].choices[command].error(
+            f"unrecognized arguments: {' '.join(extra)}")
     from .checkpoint import CheckpointError
     from .data.errors import DataError
     from .engine import TrainingDiverged

@@ -187,15 +187,23 @@ def _negate(path, key, value):
     return not value
 
 
-def parse_values(raw, table, validate=False):
-    """{dest: value}: each raw value parsed by its flag's declaration (and, with `validate`,
-    checked by it; otherwise each owner checks its own in plan_for). One OptionError line
-    naming every bad value."""
+def parse_values(raw, table):
+    """{dest: value}: each raw value parsed by its flag's declaration and refused when no
+    declaration of the flag accepts it (before the data is read; the owner the run uses checks
+    again in plan_for). One OptionError line naming every bad value."""
     values, problems = {}, []
     for dest, value in raw.items():
-        o = table[dest][0][1]
         try:
-            values[dest] = o.value(value) if validate else o.parse_value(value)
+            values[dest] = table[dest][0][1].parse_value(value)
+            errors = []
+            for _, o in table[dest]:
+                try:
+                    o.validate(values[dest])
+                    break
+                except OptionError as exc:
+                    errors.append(str(exc))
+            else:
+                problems.append(errors[0])
         except OptionError as exc:
             problems.append(str(exc))
     if problems:

@@ -186,3 +186,15 @@ def test_top_level_help_imports_no_numerics():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=root,
                          env={**os.environ, "PYTHONPATH": root}, check=True).stdout
     assert out.strip().splitlines()[-1] == "[]"
+
+
+def test_argument_errors_are_one_line_and_come_before_the_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("ENGINE_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--chunksize", "4"])
+    assert exit_.value.code == 2
+    assert error_line(capsys) == ("engine train: error: unrecognized arguments: --chunksize 4 "
+                                  "(did you mean --chunk-size?) (see engine train --help)")
+    assert main(["train", "--activation", "sigmoid"]) == 2       # no --data: the default corpus
+    assert error_line(capsys) == "engine train: error: --activation must be one of tanh, relu, got 'sigmoid'"
+    assert not (tmp_path / "cache").exists()                     # ... was not prepared first
