@@ -4,7 +4,7 @@ An output layer, a model and an optimizer each list their constructor's options 
 attribute `OPTIONS` (a tuple of `Option`), and the keywords that are deliberately not user
 options in `NOT_OPTIONS` ({keyword: why}, e.g. sizes that come from the data). The training
 options of `Engine` / `Engine.train` are declared in engine/train_options.py. From these
-declarations the command line builds `engine train`'s flags (engine/cli.py), checks each value,
+declarations the command line builds `engine train`'s flags (engine/cli_train.py), checks each value,
 refuses a flag that does not apply to the chosen model / output / optimizer, and writes the
 resolved `config.toml` of a run (engine/config.py). tests/test_options.py checks every
 declaration against its owner's constructor signature.
@@ -35,6 +35,10 @@ Fields:
                  where that differs from the constructor's default (a smaller default model)
     default_from a training option whose value this one takes when not given (the adaptive
                  softmax's auto_batch follows --batch-size)
+    metavar      the value's name in the help (default: the flag in capitals, or the choices)
+
+A new owner declares `OPTIONS = (Option(...), ...)` with its class and `NOT_OPTIONS` for the
+rest of its keywords; nothing else registers a flag.
 """
 from __future__ import annotations
 

@@ -1,7 +1,12 @@
 """Output layers over huge outputs, chosen by name with `make_output(name, in_features, num_classes, **kw)`.
 
 Every output layer is listed once, in the `OUTPUTS` table below: the name the command line and
-the model configs use, and the class. A new output is one import and one line here.
+the model configs use, and the class. A new output is one import and one line here; its class
+declares its constructor's user options in `OPTIONS` (engine/options.py: they become
+`engine train` flags), the other keywords in `NOT_OPTIONS` with the reason, the keywords it takes
+from the data in `FROM_DATA` ({keyword: DatasetInfo field}, arrays, never paths) and the targets
+it takes in `TARGETS` ("one", "many"); tests/test_options.py checks the declarations against
+the constructor.
 
     softmax            exact softmax cross-entropy, whole or chunked (softmax.py)
     squared            dense squared error, one-hot or K-hot (the factored layer's naive baseline)
