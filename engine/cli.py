@@ -1,4 +1,4 @@
-"""The `engine` command: prepare | train | evaluate | bench.
+"""The `engine` command: prepare | train | evaluate | predict | bench.
 
     engine train                                # the embedded default: SOTU corpus, small MLP LM
     engine train --data ptb.h5 --epochs 10 --json
@@ -10,112 +10,90 @@
     engine prepare mnist ../shared/data/mnist --output mnist.h5   # IDX files, gzipped or not
     engine train --data mnist.h5 --meprop-k 20 --meprop-mode unified --json
     engine prepare xmc TRAIN.txt TEST.txt --output xmc.h5       # Extreme Classification Repository files
-    engine train --data xmc.h5 --intermediate 2048 --output-kwargs '{"weights": "ffi", "fan_in": 32}' --json
+    engine train --data xmc.h5 --intermediate 2048 --weights ffi --fan-in 32 --json
+    engine train --config runs/<run>/config.toml  # repeat a run (flags given too override it)
     engine bench softmax --quick                 # runs tools/bench_softmax.py from a source checkout
 
 With --json, the last line printed is one JSON object with the final metrics.
 Bad input ends with a one-line error naming the file and the problem (exit status 2).
+`engine train`'s flags are built from the option declarations of the models, output layers,
+optimizers and training (engine/cli_train.py); this file parses the other commands.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import subprocess
 import sys
 
-# The default model for `engine train` with no arguments: small enough for a few minutes per
-# epoch on a 2-core CPU over the embedded State of the Union corpus.
-DEFAULTS = dict(context=4, embed=64, hidden=[256], activation="tanh", dropout=0.0,
-                output="softmax", optimizer="adam", lr=1e-3, epochs=2, batch_size=256)
-# The classifier's defaults (a classification file as --data): the meProp paper's MNIST MLP;
-# multi-label (XMC) files default to the squared hinge output.
-CLASSIFIER_DEFAULTS = dict(hidden=[500, 500], activation="relu", output="softmax",
-                           multilabel_output="squared-hinge")
+COMMANDS = {
+    "train": "train a language model or a classifier on a dataset from engine prepare "
+             "(default: a small language model on the shipped State of the Union corpus)",
+    "evaluate": "evaluate a checkpoint on a dataset split",
+    "predict": "the most probable next words after a text (a language-model checkpoint)",
+    "prepare": "convert a corpus or a classification dataset to the engine's HDF5 files",
+    "bench": "run a benchmark script of tools/ (source checkout only)",
+}
 
 
-def _add_model_args(p):
-    p.add_argument("--context", type=int, default=DEFAULTS["context"], help="previous words seen (n)")
-    p.add_argument("--embed", type=int, default=DEFAULTS["embed"], help="embedding width")
-    p.add_argument("--hidden", type=int, nargs="*", default=None,
-                   help=f"hidden widths (default {DEFAULTS['hidden']} for a language model, "
-                        f"{CLASSIFIER_DEFAULTS['hidden']} for a classifier)")
-    p.add_argument("--activation", choices=["tanh", "relu"], default=None,
-                   help="hidden activation (default tanh for a language model, relu for a classifier)")
-    p.add_argument("--dropout", type=float, default=DEFAULTS["dropout"])
-    p.add_argument("--output", default=None,
-                   help="output layer: softmax (exact), squared (dense squared error), adaptive, "
-                        "factored-*, and for multi-label data squared-hinge (default) or bce")
-    p.add_argument("--output-kwargs", default=None, metavar="JSON",
-                   help='extra output-layer arguments as a JSON object, e.g. \'{"weights": "ffi", '
-                        '"fan_in": 32}\'')
-    p.add_argument("--intermediate", type=int, default=None,
-                   help="classifier: width of a dense ReLU layer just before the output (XMC)")
-    p.add_argument("--meprop-k", type=int, default=None,
-                   help="classifier: meProp, keep the k largest output-gradient entries per hidden layer")
-    p.add_argument("--meprop-mode", choices=["per-example", "unified", "random"], default="per-example")
-    p.add_argument("--meprop-output", action="store_true",
-                   help="meProp also on the output layer (when it supports it)")
-    p.add_argument("--chunk-size", type=int, default=None,
-                   help="softmax over vocabulary chunks of this many words (never holds B x D)")
-    p.add_argument("--cutoffs", default=None,
-                   help="--output adaptive: comma-separated cutoffs (e.g. 2000,10000) or 'auto' "
-                        "(chosen from --data's word counts by the measured cost model)")
-    p.add_argument("--div-value", type=float, default=None,
-                   help="--output adaptive: tail i has width d / div_value^(i+1) (default 4)")
-    p.add_argument("--output-lr", type=float, default=None,
-                   help="--output factored-*: the factored layer's own exact-SGD learning rate "
-                        "(default: the optimizer's --lr and schedule)")
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line (no usage block: train's has 80 flags),
+    with the closest flag for an unknown one."""
+
+    def error(self, message):
+        import difflib
+        if message.startswith("unrecognized arguments: "):
+            flags = [s for a in self._actions for s in a.option_strings]
+            for word in message.split(": ", 1)[1].split():
+                close = difflib.get_close_matches(word.split("=")[0], flags, n=1)
+                if word.startswith("-") and close:
+                    message += f" (did you mean {close[0]}?)"
+                    break
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
-def _add_optim_args(p):
-    p.add_argument("--optimizer", choices=["adam", "sgd"], default=DEFAULTS["optimizer"])
-    p.add_argument("--lr", type=float, default=DEFAULTS["lr"])
-    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--clip", type=float, default=None, help="clip the global gradient norm")
-    p.add_argument("--schedule", default=None,
-                   help="constant | step:EVERY:FACTOR | cosine | plateau:FACTOR")
+def build_parser(command=None):
+    """The parser of one command (`command`), or the top-level one listing the commands.
+    Only `engine train` imports the option declarations (the models, outputs, optimizers)."""
+    parser = _Parser(
+        prog="engine", description=__doc__.split("\n")[0],
+        epilog="Without a command, engine runs `engine train`. `engine COMMAND --help` gives a "
+               "command's options.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name, text in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text, allow_abbrev=False)
+        if name == command:
+            globals()[f"_add_{name}_arguments"](p)
+    return parser
 
 
-def build_parser():
-    parser = argparse.ArgumentParser(prog="engine", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command")
+def _add_train_arguments(t):
+    from .cli_train import add_train_arguments
+    t.epilog = ("A flag that does not apply to the data's model, the chosen --output or "
+                "--optimizer is refused. Every run folder gets config.toml: "
+                "`engine train --config runs/<run>/config.toml` repeats the run.")
+    add_train_arguments(t)
 
-    t = sub.add_parser("train", help="train a language model (default: the embedded SOTU corpus)")
-    t.add_argument("--data", default=None, help="corpus HDF5 (engine prepare ...); default: embedded SOTU")
-    _add_model_args(t)
-    _add_optim_args(t)
-    t.add_argument("--epochs", type=int, default=DEFAULTS["epochs"])
-    t.add_argument("--batch-size", type=int, default=DEFAULTS["batch_size"])
-    t.add_argument("--max-steps-per-epoch", type=int, default=None, help="cut epochs short (quick runs)")
-    t.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--run-dir", default=None, help="run folder (default runs/<timestamp>)")
-    t.add_argument("--resume", default=None, help="checkpoint to continue from (model/optimizer from it)")
-    t.add_argument("--checkpoint-every", type=int, default=None, help="also checkpoint every N steps")
-    t.add_argument("--no-test", action="store_true", help="skip the final test-split evaluation")
-    t.add_argument("--no-progress", action="store_true")
-    t.add_argument("--json", action="store_true", help="end with one JSON line of final metrics")
 
-    e = sub.add_parser("evaluate", help="evaluate a checkpoint on a corpus split")
+def _add_evaluate_arguments(e):
     e.add_argument("checkpoint")
-    e.add_argument("--data", default=None, help="corpus HDF5 (default: embedded SOTU)")
-    e.add_argument("--split", default="test")
-    e.add_argument("--batch-size", type=int, default=512)
+    e.add_argument("--data", default=None, help="the dataset (default: the shipped SOTU corpus)")
+    e.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    e.add_argument("--batch-size", type=int, default=512, help="(default: 512)")
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     e.add_argument("--json", action="store_true")
 
-    q = sub.add_parser("predict", help="the most probable next words after a text")
+
+def _add_predict_arguments(q):
     q.add_argument("checkpoint")
     q.add_argument("text", nargs="+", help="the words so far (tokenised like the corpus)")
     q.add_argument("--data", default=None, help="the corpus the model was trained on (its vocabulary)")
-    q.add_argument("--top", type=int, default=10)
+    q.add_argument("--top", type=int, default=10, help="how many words (default: 10)")
     q.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
     q.add_argument("--json", action="store_true")
 
-    p = sub.add_parser("prepare", help="convert a corpus to HDF5")
+
+def _add_prepare_arguments(p):
     psub = p.add_subparsers(dest="kind")
     pt = psub.add_parser("text", help="plain-text files -> HDF5")
     pt.add_argument("train", nargs="+", help="training text file(s)")
@@ -144,10 +122,10 @@ def build_parser():
     pm.add_argument("--output", required=True)
     _add_xmc_prepare_parsers(psub)
 
-    b = sub.add_parser("bench", help="run a benchmark script of tools/ (source checkout only)")
+
+def _add_bench_arguments(b):
     b.add_argument("name", help="e.g. softmax -> tools/bench_softmax.py")
     b.add_argument("args", nargs=argparse.REMAINDER)
-    return parser
 
 
 def _add_xmc_prepare_parsers(psub):
@@ -183,7 +161,7 @@ def _prepare_xmc(args):
     if args.kind == "xmc":
         prepare_xmc(args.train, args.test, args.output, valid_fraction=args.valid_fraction,
                     seed=args.seed)
-        return {"output": args.output, **describe(args.output)}
+        return {"output": args.output, **describe(args.output).summary()}
     from .data.xmc_synthetic import AMAZON_670K, write_synthetic_xmc
     sizes = dict(num_train=args.train_points, num_test=args.test_points,
                  num_features=args.features, num_labels=args.labels,
@@ -195,15 +173,7 @@ def _prepare_xmc(args):
         train, test = f"{prefix}_train.txt", f"{prefix}_test.txt"
         write_synthetic_xmc(train, test, seed=args.seed, **sizes)
         prepare_xmc(train, test, args.output, valid_fraction=args.valid_fraction, seed=args.seed)
-    return {"output": args.output, **describe(args.output)}
-
-
-def _make_optimizer(args):
-    from .optim import make_optimizer
-    kw = dict(lr=args.lr, weight_decay=args.weight_decay, clip_norm=args.clip, schedule=args.schedule)
-    if args.optimizer == "sgd":
-        kw["momentum"] = args.momentum
-    return make_optimizer(args.optimizer, **kw)
+    return {"output": args.output, **describe(args.output).summary()}
 
 
 def _default_data():
@@ -211,89 +181,47 @@ def _default_data():
     return ensure_default_corpus()
 
 
-def _output_kwargs_json(args):
-    if not args.output_kwargs:
-        return {}
-    try:
-        kw = json.loads(args.output_kwargs)
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"--output-kwargs: not valid JSON ({exc})") from None
-    if not isinstance(kw, dict):
-        raise ValueError(f"--output-kwargs: expected a JSON object, got {args.output_kwargs!r}")
-    return kw
-
-
-def _build_classifier(args, data):
-    """An MLPClassifier sized from a classification file's description."""
-    from .data.registry import describe_dataset
-    from .models import MLPClassifier
-    info = describe_dataset(data)
-    multilabel = bool(info.get("multilabel", False))
-    output = args.output or (CLASSIFIER_DEFAULTS["multilabel_output"] if multilabel
-                             else CLASSIFIER_DEFAULTS["output"])
-    out_kw = _output_kwargs_json(args)
-    if info.get("format") == "engine-xmc":       # training label counts: PSP@k propensities
-        out_kw.setdefault("label_counts", os.path.abspath(data))
-    meprop = None
-    if args.meprop_k is not None:
-        meprop = {"k": args.meprop_k, "mode": args.meprop_mode, "seed": args.seed,
-                  "output": bool(args.meprop_output)}
-    return MLPClassifier(int(info["num_features"]), int(info["num_classes"]),
-                         hidden=CLASSIFIER_DEFAULTS["hidden"] if args.hidden is None else args.hidden,
-                         activation=args.activation or CLASSIFIER_DEFAULTS["activation"],
-                         dropout=args.dropout, sparse_input=bool(info.get("sparse", False)),
-                         intermediate=args.intermediate, output=output, output_kwargs=out_kw,
-                         meprop=meprop)
-
-
 def cmd_train(args):
-    from .data.registry import is_lm_corpus_file
-    from .engine import Engine, metric_keys
-    from .models import MLPLanguageModel
-
-    data = args.data or _default_data()
-    classification = not is_lm_corpus_file(data)
-    if args.resume:
-        engine = Engine.from_checkpoint(args.resume, device=args.device)
-    elif classification:
-        engine = Engine(_build_classifier(args, data), _make_optimizer(args), device=args.device,
-                        seed=args.seed, dtype=args.dtype)
+    """Resolve the run (engine/cli_train.py), train, evaluate the test split."""
+    from . import cli_train as ct
+    from .data.registry import describe
+    from .engine import metric_keys
+    from .options import run_values
+    from .runlog import RunLog
+    from .train_options import RUN_OPTIONS, TRAIN_OPTIONS
+    table = ct.flag_table()
+    given = ct.given_values(args, table)
+    if "config" in given:
+        raw = ct.config_values(ct.parse_values({"config": given["config"]}, table)["config"], table)
+        raw.update(given)
+        raw.pop("config")
+        given = raw
+    values = ct.parse_values(given, table)
+    if "resume" in values and "data" not in values:       # the data the run recorded
+        values.update(ct.recorded_data(values["resume"]))
+    data = values.get("data") or _default_data()
+    info = describe(data)
+    run = run_values(RUN_OPTIONS, {k: values[k] for k in ("test", "json") if k in values})
+    if "resume" in values:
+        engine, changes = ct.resume_engine(values, info, table)
+        train_given = {o.name: values[o.dest] for o in TRAIN_OPTIONS if o.dest in values}
+        if "batch_size" not in train_given and engine.batch_size is not None:
+            train_given["batch_size"] = engine.batch_size      # the checkpoint's, not the default
+        training = ct.training_values(train_given)
+        if training["run_dir"] is None:
+            training["run_dir"] = os.path.dirname(os.path.abspath(values["resume"]))
+        RunLog(training["run_dir"]).line(
+            f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
+            f"{engine.step}" + (f"; changed: {', '.join(changes)}" if changes else ""))
     else:
-        if args.intermediate is not None or args.meprop_k is not None:
-            raise ValueError("--intermediate and --meprop-k apply to classifiers (a classification "
-                             "file as --data), not to the language model")
-        args.output = args.output or DEFAULTS["output"]
-        args.hidden = DEFAULTS["hidden"] if args.hidden is None else args.hidden
-        args.activation = args.activation or DEFAULTS["activation"]
-        from .data.hdf5_schema import open_lm_corpus
-        with open_lm_corpus(data) as corpus:
-            vocab_size = corpus.vocab_size
-        out_kw = {"chunk_size": args.chunk_size} if args.chunk_size else {}
-        out_kw.update(_output_kwargs_json(args))
-        if args.output == "adaptive":           # adaptive softmax: cutoffs, div_value, counts
-            out_kw = {"cutoffs": args.cutoffs or "auto", "auto_batch": args.batch_size,
-                      **_output_kwargs_json(args)}
-            if args.div_value is not None:
-                out_kw["div_value"] = args.div_value
-            if out_kw["cutoffs"] == "auto":
-                out_kw["counts"] = os.path.abspath(data)
-        if args.output.startswith("factored-") and args.output_lr is not None:
-            out_kw["lr"] = args.output_lr           # factored output: its own SGD learning rate
-        model = MLPLanguageModel(vocab_size, context=args.context, embed_dim=args.embed,
-                                 hidden=args.hidden, activation=args.activation,
-                                 dropout=args.dropout, output=args.output, output_kwargs=out_kw)
-        engine = Engine(model, _make_optimizer(args), device=args.device, seed=args.seed, dtype=args.dtype)
-    run_config = {"data": os.path.abspath(data), "command": sys.argv, **{k: v for k, v in vars(args).items()
-                                                                         if k != "func"}}
-    run_dir = args.run_dir or (os.path.dirname(os.path.abspath(args.resume)) if args.resume else "auto")
-    valid = data
-    if classification:                     # classification files may come without a valid split
-        from .data.registry import describe_dataset
-        valid = data if "valid" in describe_dataset(data).get("splits", ()) else None
-    history = engine.train(data, epochs=args.epochs, batch_size=args.batch_size, valid=valid,
-                           run_dir=run_dir, checkpoint_every=args.checkpoint_every,
-                           max_steps_per_epoch=args.max_steps_per_epoch,
-                           progress=not args.no_progress, run_config=run_config)
+        chosen = ct.choose_owners(values, info, table)
+        plan = ct.plan_for(values, table, chosen)
+        engine = ct.build_engine(plan, info)
+        training = ct.training_values(plan.values["train"])
+    run_dir = training.pop("run_dir") or "auto"
+    valid = info if info.has_split("valid") else None
+    history = engine.train(info, valid=valid, run_dir=run_dir,
+                           run_config={"test": run["test"], "json": run["json"]}, **training)
     last = history[-1] if history else {}
     result = {"device": engine.device, "epochs": engine.epoch, "steps": engine.step,
               "loss": last.get("train_loss"), "perplexity": last.get("train_perplexity"),
@@ -305,8 +233,8 @@ def cmd_train(args):
             del result[key]
     for key in metric_keys(last, "valid_"):          # valid_accuracy, valid_p@1, ...
         result[f"valid_{key}"] = last[f"valid_{key}"]
-    if not args.no_test:
-        test = engine.evaluate(data, split="test", batch_size=max(args.batch_size, 512))
+    if run["test"]:
+        test = engine.evaluate(info, split="test", batch_size=max(training["batch_size"], 512))
         result["test_loss"] = test["loss"]
         if engine.model.reports_perplexity:
             result["test_perplexity"] = test.get("perplexity")
@@ -317,11 +245,18 @@ def cmd_train(args):
         print(f"[engine] test loss {test['loss']:.4f}" +
               (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else "") +
               "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
+    args.json = run["json"]
     return result
+
+
+def _positive(flag, value):
+    if value < 1:
+        raise ValueError(f"{flag} must be >= 1, got {value}")
 
 
 def cmd_evaluate(args):
     from .engine import Engine
+    _positive("--batch-size", args.batch_size)
     engine = Engine.from_checkpoint(args.checkpoint, device=args.device)
     data = args.data or _default_data()
     metrics = engine.evaluate(data, split=args.split, batch_size=args.batch_size)
@@ -342,22 +277,23 @@ def cmd_predict(args):
 
     import numpy
 
-    from .data.hdf5_schema import open_lm_corpus
+    from .data.info import LM_CORPUS
+    from .data.registry import describe
     from .data.text import tokenize_line
     from .engine import Engine
+    _positive("--top", args.top)
     engine = Engine.from_checkpoint(args.checkpoint, device=args.device, verbose=False)
-    data = args.data or _default_data()
-    with open_lm_corpus(data) as corpus:
-        engine._check_vocabulary(corpus)
-        vocab = list(corpus.vocab)
-        attrs = dict(corpus.attrs)
-        unk, eos = corpus.unk_id, corpus.eos_id
+    info = describe(args.data or _default_data())
+    if info.kind != LM_CORPUS:
+        raise ValueError(f"{info.path}: engine predict needs a language-model corpus (its "
+                         f"vocabulary), got a {info.format} file")
+    engine.check_data(info)
+    vocab = info.vocab
     index = {w: i for i, w in enumerate(vocab)}
-    tokens = tokenize_line(" ".join(args.text), lowercase=bool(attrs.get("lowercase", 0)),
-                           tokenizer=str(attrs.get("tokenizer", "whitespace")))
-    ids = [index.get(t, unk) for t in tokens]
+    tokens = tokenize_line(" ".join(args.text), lowercase=info.lowercase, tokenizer=info.tokenizer)
+    ids = [index.get(t, info.unk_id) for t in tokens]
     n = engine.model.context
-    context = ([eos] * n + ids)[-n:]
+    context = ([info.eos_id] * n + ids)[-n:]
     top_ids, logp = engine.predict_topk(numpy.asarray([context], dtype=numpy.int32), k=args.top)
     top_ids, logp = engine.backend.to_host(top_ids)[0], engine.backend.to_host(logp)[0]
     unknown = [t for t in tokens if t not in index]
@@ -387,17 +323,18 @@ def cmd_prepare(args):
         from .data.classification import describe
         from .data.mnist import prepare_mnist
         prepare_mnist(args.directory, args.output, valid_size=args.valid_size)
-        info = {"output": args.output, **describe(args.output)}
+        info = {"output": args.output, **describe(args.output).summary()}
     elif args.kind in ("xmc", "xmc-synthetic"):
         info = _prepare_xmc(args)
     else:
         raise SystemExit("engine prepare: choose text, ptb, sotu, mnist, xmc or xmc-synthetic "
                          "(see engine prepare -h)")
     print(f"[engine] {info}")
-    return info.as_dict() if hasattr(info, "as_dict") else {"output": args.output}
+    return info if isinstance(info, dict) else info.as_dict()
 
 
 def cmd_bench(args):
+    import subprocess
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     script = os.path.join(here, "tools", f"bench_{args.name}.py")
     if not os.path.exists(script):
@@ -406,10 +343,15 @@ def cmd_bench(args):
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.command is None:
-        args = parser.parse_args(["train"] + list(argv if argv is not None else sys.argv[1:]))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help")):
+        argv = ["train"] + argv                  # no command: engine train
+    command = argv[0] if argv[0] in COMMANDS else None
+    parser = build_parser(command)
+    args, extra = parser.parse_known_args(argv)
+    if extra:                                    # the command's own parser names them
+        parser._subparsers._group_actions[0].choices[command].error(
+            f"unrecognized arguments: {' '.join(extra)}")
     from .checkpoint import CheckpointError
     from .data.errors import DataError
     from .engine import TrainingDiverged

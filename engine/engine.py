@@ -4,9 +4,13 @@
     history = engine.train("corpus.h5", epochs=3, batch_size=256, valid="corpus.h5")
     engine.evaluate("corpus.h5", split="test")     # {"loss", "perplexity", "examples", ...}
 
-Data: a corpus path or an opened LM corpus (train uses its "train" split, `valid` its "valid"
-split), an `(x, y)` pair of arrays, or any loader with `iter_from(epoch, start_batch)` and
-`__len__` (see engine/data/arrays.py).
+Data: a dataset path or its description (`engine.data.registry.describe(path)`, a DatasetInfo:
+the engine never opens the file again to decide its kind; train uses the "train" split, `valid`
+the "valid" split), an opened LM corpus, an `(x, y)` pair of arrays, or a loader
+(`engine.data.arrays.Loader`, or any object with `iter_from(epoch, start_batch)` and `__len__`).
+
+Run folder: log.txt, metrics.json, plot.png, checkpoint.h5, best.h5, and config.toml, every
+option of the run with its value (engine/config.py): `engine train --config` repeats the run.
 
 Determinism: parameters are drawn from `seed` on the host; epoch `e` is shuffled with
 (seed, e); dropout masks are keyed by (seed, step). A checkpoint stores the model, the optimizer
@@ -28,8 +32,11 @@ import numpy
 
 from .backend import get_backend
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from .data.arrays import ArrayLoader
-from .data.registry import is_lm_corpus_file
+from .data.arrays import ArrayLoader, Loader, epoch_batches
+from .data.hdf5_schema import LMCorpus
+from .data.info import CLASSIFICATION, LM_CORPUS, DatasetInfo
+from .data.registry import as_info
+from .data.registry import make_loader as make_dataset_loader
 from .models import build_model
 from .runlog import RunLog, default_run_dir
 
@@ -44,20 +51,28 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
 
 
-def _is_lm_corpus_source(data):
-    return isinstance(data, (str, os.PathLike)) or hasattr(data, "vocab_hash")
-
-
 def _close_owned(loader, source):
     """Close a loader the engine made itself (it holds the corpus file open); leave the caller's."""
-    if loader is not None and loader is not source and hasattr(loader, "close"):
+    if loader is not None and loader is not source:
         loader.close()
+
+
+def _data_path(data):
+    """The file behind a data source, for the run's config.toml (None for arrays, loaders)."""
+    if isinstance(data, DatasetInfo):
+        return data.path
+    if isinstance(data, (str, os.PathLike)):
+        return os.path.abspath(os.fspath(data))
+    if isinstance(data, LMCorpus):
+        return os.path.abspath(data.path)
+    return None
 
 
 class Engine:
     def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True):
         self.backend = get_backend(device, verbose=verbose)
         self.device = self.backend.device
+        self.device_asked = device
         self.seed, self.dtype, self.verbose = int(seed), numpy.dtype(dtype), verbose
         if self.dtype not in (numpy.float32, numpy.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
@@ -81,46 +96,52 @@ class Engine:
 
     # ------------------------------------------------------------------ data
     def make_loader(self, data, split, batch_size, shuffle):
-        """Any supported data source -> a loader with iter_from / __len__."""
-        if hasattr(data, "iter_from"):
+        """Any supported data source -> a Loader (engine/data/arrays.py)."""
+        if isinstance(data, Loader):
             return data
         if isinstance(data, tuple) and len(data) == 2:
             self.model.validate_data(data[0], data[1], name=f"{split} data")
             return ArrayLoader(data[0], data[1], batch_size, shuffle=shuffle, seed=self.seed,
                                backend=self.backend)
-        if isinstance(data, (str, os.PathLike)) and not is_lm_corpus_file(data):
-            # a classification dataset (dense or XMC sparse): its format module makes the loader
-            from .data.registry import describe_dataset, make_dataset_loader
-            info = describe_dataset(data)
-            if self.model.data_kind != "classification":
-                raise ValueError(f"{data}: a {info.get('format')} classification file, but the "
-                                 f"model is a {self.model.kind} (it needs a language-model corpus)")
-            self.model.check_dataset(info, str(data))
-            return make_dataset_loader(data, split, batch_size, shuffle=shuffle, seed=self.seed,
-                                       backend=self.backend)
-        if _is_lm_corpus_source(data):
-            if self.model.data_kind != "lm-corpus":
-                raise ValueError(f"{getattr(data, 'path', data)}: a language-model corpus, but the "
-                                 f"model is a {self.model.kind} (give it its classification file)")
+        if isinstance(data, LMCorpus):                 # an opened corpus: the caller's file
+            self._check_kind(LM_CORPUS, data.path, "engine-lm-corpus")
+            self.model.check_dataset(data, data.path)            # its vocab_size
+            self._check_vocabulary(data.path, data.vocab_hash())
             from .data.loader import NGramLoader
-            loader = NGramLoader(data, split, context=self.model.context, batch_size=batch_size,
-                                 shuffle=shuffle, seed=self.seed, backend=self.backend)
-            self._check_vocabulary(loader.corpus)
-            return loader
-        raise TypeError(f"cannot make a loader from {type(data).__name__}: give a corpus path, "
-                        f"an (x, y) pair or a loader")
+            return NGramLoader(data, split, context=self.model.context, batch_size=batch_size,
+                               shuffle=shuffle, seed=self.seed, backend=self.backend)
+        if isinstance(data, (str, os.PathLike, DatasetInfo)):
+            info = as_info(data)
+            self.check_data(info)
+            return make_dataset_loader(info, split, batch_size, shuffle=shuffle, seed=self.seed,
+                                       backend=self.backend,
+                                       context=self.model.context if info.kind == LM_CORPUS else None)
+        raise TypeError(f"cannot make a loader from {type(data).__name__}: give a dataset path, its "
+                        f"DatasetInfo, an (x, y) pair or an engine.data.arrays.Loader")
 
-    def _check_vocabulary(self, corpus):
-        name = getattr(corpus, "path", "the corpus")
-        vocab_size = getattr(self.model, "vocab_size", None)
-        if vocab_size is not None and corpus.vocab_size != vocab_size:
-            raise ValueError(f"{name}: vocabulary of {corpus.vocab_size} words but the model "
-                             f"has {vocab_size} outputs (vocabulary mismatch)")
-        h = corpus.vocab_hash()
-        if self.data_vocab_hash is not None and h != self.data_vocab_hash:
+    def check_data(self, info: DatasetInfo):
+        """The dataset (its description) must be of the model's kind and fit its sizes, and a
+        corpus must have the vocabulary the model was trained with; ValueError naming the file."""
+        self._check_kind(info.kind, info.path, info.format)
+        self.model.check_dataset(info, info.path)
+        if info.kind == LM_CORPUS:
+            self._check_vocabulary(info.path, info.vocab_hash)
+
+    def _check_kind(self, kind, path, fmt):
+        if self.model.data_kind == kind:
+            return
+        if kind == CLASSIFICATION:
+            raise ValueError(f"{path}: a {fmt} classification file, but the model is a "
+                             f"{self.model.kind} (it needs a language-model corpus)")
+        raise ValueError(f"{path}: a language-model corpus, but the model is a {self.model.kind} "
+                         f"(give it its classification file)")
+
+    def _check_vocabulary(self, name, vocab_hash):
+        """The corpus's vocabulary (its hash) must be the one the model was trained with."""
+        if self.data_vocab_hash is not None and vocab_hash != self.data_vocab_hash:
             raise ValueError(f"{name}: its vocabulary differs from the one this model was "
-                             f"trained with (vocabulary hash {h} vs {self.data_vocab_hash})")
-        self.data_vocab_hash = h
+                             f"trained with (vocabulary hash {vocab_hash} vs {self.data_vocab_hash})")
+        self.data_vocab_hash = vocab_hash
 
     # -------------------------------------------------------------- training
     def train_step(self, x, y, check_finite=True):
@@ -154,17 +175,30 @@ class Engine:
 
         Returns the history: one dict per epoch (train loss/perplexity, valid loss/perplexity,
         seconds, examples per second, learning rate). With `run_dir` (or "auto"), writes
-        log.txt, metrics.json, plot.png and checkpoint.h5 there. `max_steps` stops early (after
-        a checkpoint) once that many steps in total have been taken, as an interruption would.
+        config.toml, log.txt, metrics.json, plot.png and checkpoint.h5 there. `max_steps` stops
+        early (after a checkpoint) once that many steps in total have been taken, as an
+        interruption would. `run_config`: more entries for config.toml's [training] table
+        ({flag name: value}; the command line's test and json switches).
         """
         if run_dir == "auto":
             run_dir = default_run_dir()
         self.run_dir = run_dir
-        log = RunLog(run_dir, config=run_config, quiet=not self.verbose) if run_dir else None
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
-        valid_loader = (self.make_loader(valid, "valid", eval_batch_size or batch_size, shuffle=False)
-                        if valid is not None else None)
+        valid_loader = None
         try:
+            if valid is not None:
+                valid_loader = self.make_loader(valid, "valid", eval_batch_size or batch_size,
+                                                shuffle=False)
+            log = None
+            if run_dir:
+                from .config import resolved_run_config
+                training = {"epochs": epochs, "batch_size": batch_size,
+                            "max_steps_per_epoch": max_steps_per_epoch,
+                            "checkpoint_every": checkpoint_every, "sync_every": sync_every,
+                            "eval_batch_size": eval_batch_size, "progress": progress}
+                config = resolved_run_config(self, _data_path(train), training, run_config)
+                log = RunLog(run_dir, config=config, quiet=not self.verbose)
+                log.write_config()
             return self._train_epochs(loader, valid_loader, log, epochs, batch_size, checkpoint_every,
                                       max_steps_per_epoch, max_steps, sync_every, progress)
         finally:
@@ -198,7 +232,7 @@ class Engine:
             self._t0 = time.perf_counter()
             loss_sum = xp.zeros((), dtype=numpy.float64) + self.epoch_loss_sum
             bar = self._progress(progress, n_batches, self.batch_in_epoch)
-            batches = loader.iter_from(self.epoch, self.batch_in_epoch)
+            batches = epoch_batches(loader, self.epoch, self.batch_in_epoch)
             try:
                 for x, y in batches:
                     if self.batch_in_epoch >= n_batches:
@@ -232,8 +266,7 @@ class Engine:
             finally:
                 if bar is not None:
                     bar.close()
-                if hasattr(batches, "close"):
-                    batches.close()
+                batches.close()
             if max_steps is not None and self.step >= max_steps and self.batch_in_epoch < n_batches:
                 if log:
                     self.save_checkpoint(log.checkpoint_path)
@@ -259,7 +292,10 @@ class Engine:
         except Exception:
             return None
         # redirected output (a log file, CI) gets an update every 30 s, not a line per second
-        interactive = hasattr(sys.stderr, "isatty") and sys.stderr.isatty()
+        try:
+            interactive = sys.stderr.isatty()
+        except (AttributeError, ValueError):      # a replaced or closed stderr
+            interactive = False
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", unit="batch",
                     mininterval=1.0 if interactive else 30.0, leave=False, dynamic_ncols=True)
 

@@ -1,6 +1,8 @@
 """The run folder: a log file, the metrics JSON and the loss/perplexity plot of one training run.
 
 runs/<name>/
+  config.toml      every option of the run with its value (engine/config.py): `engine train
+                   --config runs/<name>/config.toml` repeats the run
   log.txt          one line per epoch (also printed)
   metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...]}
   checkpoint.h5    the last good checkpoint (written by the engine, atomically)
@@ -50,6 +52,14 @@ class RunLog:
         self.plot_path = os.path.join(run_dir, "plot.png")
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.h5")
         self.best_path = os.path.join(run_dir, "best.h5")
+        self.config_path = os.path.join(run_dir, "config.toml")
+
+    def write_config(self):
+        """config.toml: the run's resolved options (a dict of tables, see engine/config.py)."""
+        from .config import CONFIG_HEADER, write_config
+        write_config(self.config_path, self.config,
+                     header=CONFIG_HEADER.format(path=self.config_path))
+        return self.config_path
 
     def line(self, text):
         if not self.quiet:

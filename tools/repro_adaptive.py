@@ -30,22 +30,23 @@ METHODS = ("softmax", "adaptive", "adaptive-auto")
 
 
 def run_one(corpus, method, args):
-    from engine import Adam, Engine, MLPLanguageModel
-    from engine.data.hdf5_schema import open_lm_corpus
-    with open_lm_corpus(corpus) as c:
-        vocab = c.vocab_size
+    from engine import Adam, Engine
+    from engine.data.registry import describe
+    from engine.models.build import build_model_for
+    info = describe(corpus)
+    vocab = info.vocab_size
     if method == "softmax":
         out, kw = "softmax", {}
     elif method == "adaptive":
         cut = [c for c in args.cutoffs if c < vocab]
         out, kw = "adaptive", {"cutoffs": cut}
     else:
-        out, kw = "adaptive", {"cutoffs": "auto", "counts": os.path.abspath(corpus),
-                               "auto_batch": args.batch_size,
+        out, kw = "adaptive", {"cutoffs": "auto", "auto_batch": args.batch_size,
                                "auto_head_coverage": args.head_coverage,
                                "auto_min_head": args.min_head}
-    model = MLPLanguageModel(vocab, context=5, embed_dim=256, hidden=(512,), activation="tanh",
-                             dropout=0.3, output=out, output_kwargs=kw)
+    model = build_model_for(info, {"context": 5, "embed_dim": 256, "hidden": [512],
+                                   "activation": "tanh", "dropout": 0.3, "output": out,
+                                   "output_kwargs": kw})           # word counts from `info`
     engine = Engine(model, Adam(lr=1e-3, schedule="plateau:0.5"), device=args.device,
                     seed=args.seed, verbose=False)
     history = engine.train(corpus, epochs=args.epochs, batch_size=args.batch_size, valid=corpus,

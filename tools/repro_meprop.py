@@ -39,10 +39,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _bench_common as bc  # noqa: E402
 from engine import Engine  # noqa: E402
-from engine.data.classification import describe  # noqa: E402
+from engine.data.registry import describe  # noqa: E402
 from engine.data.mnist import STEMS, prepare_mnist, write_idx  # noqa: E402
 from engine.layers import Linear  # noqa: E402
-from engine.models.classifier import MLPClassifier  # noqa: E402
+from engine.models.build import build_model_for  # noqa: E402
 from engine.optim import Adam  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -119,7 +119,7 @@ def argparse_copy(args, **changes):
 def run_setting(name, mode, k, data, args, device, hidden, batch, quiet=False):
     meprop = None if mode is None else {"k": k, "mode": mode, "seed": args.seed}
     info = describe(data)
-    model = MLPClassifier(info["num_features"], info["num_classes"], hidden=hidden, meprop=meprop)
+    model = build_model_for(info, {"hidden": hidden, "meprop": meprop})
     engine = Engine(model, Adam(lr=args.lr), device=device, seed=args.seed, verbose=False)
     # no gradient for the input images (the released C# code skips it too): without this the
     # dense baseline would pay a full (B, 784) x (784, 500) product that nobody uses

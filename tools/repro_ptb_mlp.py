@@ -39,17 +39,17 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from engine import Adam, Engine, MLPLanguageModel
+    from engine import Adam, Engine
+    from engine.data.registry import describe
+    from engine.models.build import build_model_for
     from engine.data.prepare import prepare_ptb
-    from engine.data.hdf5_schema import open_lm_corpus
 
     work = tempfile.mkdtemp(prefix="ptb-")
     corpus = os.path.join(work, "ptb.h5")
     print(prepare_ptb(args.ptb, corpus))
-    with open_lm_corpus(corpus) as c:
-        vocab = c.vocab_size
-    model = MLPLanguageModel(vocab, context=5, embed_dim=256, hidden=(512,), activation="tanh",
-                             dropout=0.3, output="softmax")
+    model = build_model_for(describe(corpus), {"context": 5, "embed_dim": 256, "hidden": [512],
+                                               "activation": "tanh", "dropout": 0.3,
+                                               "output": "softmax"})
     engine = Engine(model, Adam(lr=1e-3, schedule="plateau:0.5"), device=args.device, seed=args.seed)
     epochs = 1 if args.quick else args.epochs
     history = engine.train(corpus, epochs=epochs, batch_size=256, valid=corpus,

@@ -63,18 +63,20 @@ def squared_test_perplexity(engine, corpus, split="test", batch_size=512, chunk=
 
 
 def run_one(data, output, args):
-    from engine import Adam, Engine, MLPLanguageModel
-    from engine.data.hdf5_schema import open_lm_corpus
+    from engine import Adam, Engine
+    from engine.data.registry import describe
+    from engine.models.build import build_model_for
 
-    with open_lm_corpus(data) as c:
-        vocab = c.vocab_size
+    info = describe(data)
+    vocab = info.vocab_size
     kw = {}
     if output.startswith("factored-"):
         lr = args.squared_lr if output == "factored-squared" else args.factored_lr
         kw = {"lr": lr, "check_every": 200,
               "init_scale": args.squared_init_scale if output == "factored-squared" else None}
-    model = MLPLanguageModel(vocab, context=args.context, embed_dim=args.embed,
-                             hidden=(args.hidden,), activation="tanh", output=output, output_kwargs=kw)
+    model = build_model_for(info, {"context": args.context, "embed_dim": args.embed,
+                                   "hidden": [args.hidden], "activation": "tanh", "output": output,
+                                   "output_kwargs": kw})
     engine = Engine(model, Adam(lr=args.lr), device=args.device, seed=args.seed, verbose=False)
     t0 = time.perf_counter()
     history = engine.train(data, epochs=args.epochs, batch_size=args.batch_size, valid=None,

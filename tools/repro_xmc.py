@@ -49,7 +49,7 @@ def _cols(headers):
 
 from engine import Engine  # noqa: E402
 from engine.data.xmc import prepare_xmc, read_label_frequencies, read_split  # noqa: E402
-from engine.models import MLPClassifier  # noqa: E402
+from engine.models.build import build_model_for  # noqa: E402
 from engine.optim import make_optimizer  # noqa: E402
 from engine.outputs.xmc_metrics import inverse_propensity, metric_sums, finish_metrics  # noqa: E402
 
@@ -101,12 +101,10 @@ def layer_bytes(engine, layers):
 
 
 def run_config(path, label, args, hidden, intermediate, output_kwargs):
-    from engine.data.xmc import describe
-    info = describe(path)
-    kw = dict(output_kwargs, label_counts=path)
-    model = MLPClassifier(info["num_features"], info["num_classes"], hidden=[hidden],
-                          sparse_input=True, intermediate=intermediate, output="squared-hinge",
-                          output_kwargs=kw)
+    from engine.data.registry import describe
+    info = describe(path)                       # sizes and training label counts (PSP@k)
+    model = build_model_for(info, {"hidden": [hidden], "intermediate": intermediate,
+                                   "output": "squared-hinge", "output_kwargs": output_kwargs})
     engine = Engine(model, make_optimizer("adam", lr=args.lr), device=args.device, seed=args.seed,
                     verbose=False)
     history = engine.train(path, epochs=args.epochs, batch_size=args.batch_size, valid=None,
@@ -192,11 +190,12 @@ def amazon_steps(path, steps, args):
     """Measured training steps on a synthetic Amazon-670K-shape file (engine prepare
     xmc-synthetic --amazon-670k): sparse input -> 768 ReLU -> 32k ReLU -> FFI k = 32, Adam."""
     import resource
-    from engine.data.xmc import describe, make_loader
+    from engine.data.registry import describe
+    from engine.data.xmc import make_loader
     info = describe(path)
-    model = MLPClassifier(info["num_features"], info["num_classes"], hidden=[768],
-                          sparse_input=True, intermediate=32768, output="squared-hinge",
-                          output_kwargs={"weights": "ffi", "fan_in": 32, "rewire_every": 1000})
+    model = build_model_for(info, {"hidden": [768], "intermediate": 32768, "output": "squared-hinge",
+                                   "output_kwargs": {"weights": "ffi", "fan_in": 32,
+                                                     "rewire_every": 1000}})
     engine = Engine(model, make_optimizer("adam", lr=args.lr), device=args.device, seed=args.seed,
                     verbose=False)
     loader = make_loader(path, "train", 32, True, args.seed, engine.backend)
@@ -210,7 +209,7 @@ def amazon_steps(path, steps, args):
     s = statistics.median(times[2:])
     return {"dataset": "amazon-670k (synthetic, measured)", "config": "ffi k=32, 32k intermediate",
             "device": engine.device, "steps": steps, "seconds_per_step": s,
-            "seconds_per_epoch_estimate": s * -(-info["num_train"] // 32),
+            "seconds_per_epoch_estimate": s * -(-info.num_train // 32),
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

@@ -1,11 +1,15 @@
-"""In-memory minibatches over (x, y) arrays, with the same protocol as the streaming loaders.
+"""The loader protocol (`Loader`) and in-memory minibatches over (x, y) arrays (`ArrayLoader`).
 
-Protocol shared by every loader the Engine takes: `__len__` (batches per epoch),
-`num_examples`, `iter_from(epoch, start_batch)` yielding `(x, y)` backend arrays — epoch
-`e` is shuffled by `numpy.random.default_rng([seed, e])`, so the same (seed, epoch) gives the
-same batches and a resumed epoch yields exactly the batches the uninterrupted one would have.
+Every loader the Engine takes is a `Loader`: `__len__` (batches per epoch), `num_examples`,
+`iter_from(epoch, start_batch)` yielding `(x, y)` backend arrays, and `close()` (a no-op unless
+the loader holds a file). Epoch `e` is shuffled by `numpy.random.default_rng([seed, e])`, so the
+same (seed, epoch) gives the same batches and a resumed epoch yields exactly the batches the
+uninterrupted one would have. Subclasses: ArrayLoader (here), NGramLoader (loader.py),
+ClassificationLoader (classification.py), XMCLoader (xmc.py).
 """
 from __future__ import annotations
+
+import abc
 
 import numpy
 
@@ -22,7 +26,51 @@ def epoch_order(num_examples, shuffle, seed, epoch):
     return numpy.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-class ArrayLoader:
+class Loader(abc.ABC):
+    """Base class of the loaders: the protocol above, with the shared pieces. A class that
+    defines `iter_from` and `__len__` counts as a Loader without subclassing it (as
+    collections.abc does for its protocols); `epoch_batches` and `close_loader` serve both."""
+
+    @classmethod
+    def __subclasshook__(cls, other):
+        if cls is Loader:
+            defined = set().union(*(vars(base) for base in other.__mro__))
+            if {"iter_from", "__len__"} <= defined:
+                return True
+        return NotImplemented
+
+    def __len__(self):
+        raise NotImplementedError
+
+    @property
+    def num_examples(self):
+        raise NotImplementedError
+
+    def iter_from(self, epoch=0, start_batch=0):
+        """The batches `start_batch`, `start_batch + 1`, ... of epoch `epoch`."""
+        raise NotImplementedError
+
+    def __iter__(self):
+        return self.iter_from(0, 0)
+
+    def close(self):
+        """Release what the loader holds (files, host copies). The default holds nothing."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+def epoch_batches(loader, epoch=0, start_batch=0):
+    """`loader.iter_from(epoch, start_batch)` as a generator whose `close()` also stops the
+    iterator underneath (a prefetch thread, an open chunk), whatever its kind."""
+    yield from loader.iter_from(epoch, start_batch)
+
+
+class ArrayLoader(Loader):
     def __init__(self, x, y, batch_size, shuffle=True, seed=0, backend=None, drop_last=False):
         x, y = numpy.asarray(x), numpy.asarray(y)
         if x.shape[0] != y.shape[0]:
@@ -51,6 +99,3 @@ class ArrayLoader:
         for i in range(start_batch, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
             yield put(self.x[idx]), put(self.y[idx])
-
-    def __iter__(self):
-        return self.iter_from(0, 0)

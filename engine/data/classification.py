@@ -17,8 +17,8 @@ C classes, B minibatch rows.
 label in [0, C), every float feature finite; scanned in bounded chunks) and raises `DataError`
 naming the file, the field (e.g. /train/y) and the first bad row.
 
-`describe(path)` and `make_loader(path, split, batch_size, shuffle, seed, backend)` are the two
-functions engine/data/registry.py dispatches to. The loader keeps a split in memory when it
+`describe_file(path, open_file)` (-> DatasetInfo) and `make_loader(path, split, batch_size,
+shuffle, seed, backend)` are the two functions engine/data/registry.py dispatches to. The loader keeps a split in memory when it
 fits under `max_memory_bytes` (MNIST: 172 MB as float32), and otherwise reads each minibatch's
 rows from the file (sorted indices, one HDF5 read per batch), so no split has to fit in memory.
 """
@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
-from .arrays import batches_per_epoch, epoch_order
+from .arrays import Loader, batches_per_epoch, epoch_order
 from .atomic_h5 import AtomicH5Writer
 
 FORMAT = "engine-classification"
@@ -177,59 +177,74 @@ def open_classification(path, check_values: bool = True) -> ClassificationFile:
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
     try:
-        attrs = dict(f.attrs)
-        fmt = attrs.get("format")
-        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-        if fmt != FORMAT:
-            raise DataError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
-        version = _attr_int(path, attrs, "format_version")
-        if version != FORMAT_VERSION:
-            raise DataError(f"{path}: format_version {version} is not supported (this engine "
-                            f"reads version {FORMAT_VERSION})")
-        F = _attr_int(path, attrs, "num_features")
-        C = _attr_int(path, attrs, "num_classes")
-        if F < 1 or C < 2:
-            raise DataError(f"{path}: num_features={F}, num_classes={C} (need >= 1 and >= 2)")
-        splits = {}
-        for s in SPLITS:
-            if s not in f:
-                continue
-            for field in ("x", "y"):
-                if field not in f[s]:
-                    raise DataError(f"{path}: split {s!r} has no /{s}/{field}")
-            dx, dy = f[f"{s}/x"], f[f"{s}/y"]
-            if dx.ndim != 2 or dx.shape[1] != F:
-                raise DataError(f"{path}: /{s}/x has shape {dx.shape}, expected (N, {F})")
-            if dx.dtype not in _X_DTYPES:
-                raise DataError(f"{path}: /{s}/x has dtype {dx.dtype}, expected float32 or uint8")
-            if dx.dtype == np.uint8 and "scale" not in dx.attrs:
-                raise DataError(f"{path}: /{s}/x is uint8 but has no 'scale' attribute")
-            if dy.shape != (dx.shape[0],) or dy.dtype.kind not in "iu":
-                raise DataError(f"{path}: /{s}/y has shape {dy.shape} and dtype {dy.dtype}, "
-                                f"expected ({dx.shape[0]},) integers")
-            if check_values:
-                for start in range(0, dx.shape[0], CHECK_CHUNK):
-                    _check_rows(path, s, dx[start:start + CHECK_CHUNK],
-                                dy[start:start + CHECK_CHUNK], C, start)
-            splits[s] = int(dx.shape[0])
-        if not splits:
-            raise DataError(f"{path}: no split (expected groups among {SPLITS})")
-        return ClassificationFile(path, f, F, C, splits, attrs)
+        return _validate(path, f, check_values)
     except BaseException:
         f.close()
         raise
 
 
-def describe(path) -> dict:
-    """Sizes and kind of a dataset (the registry's describe())."""
-    with open_classification(path, check_values=False) as ds:
-        return {"format": FORMAT, "num_features": ds.num_features,
-                "num_classes": ds.num_classes, "multilabel": False, "sparse": False,
-                "splits": [s for s in SPLITS if s in ds.splits], "examples": dict(ds.splits)}
+def _validate(path, f, check_values) -> ClassificationFile:
+    """Check an open file's structure (and, with check_values, every row)."""
+    attrs = dict(f.attrs)
+    fmt = attrs.get("format")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    if fmt != FORMAT:
+        raise DataError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
+    version = _attr_int(path, attrs, "format_version")
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {version} is not supported (this engine "
+                        f"reads version {FORMAT_VERSION})")
+    F = _attr_int(path, attrs, "num_features")
+    C = _attr_int(path, attrs, "num_classes")
+    if F < 1 or C < 2:
+        raise DataError(f"{path}: num_features={F}, num_classes={C} (need >= 1 and >= 2)")
+    splits = {}
+    for s in SPLITS:
+        if s not in f:
+            continue
+        for field in ("x", "y"):
+            if field not in f[s]:
+                raise DataError(f"{path}: split {s!r} has no /{s}/{field}")
+        dx, dy = f[f"{s}/x"], f[f"{s}/y"]
+        if dx.ndim != 2 or dx.shape[1] != F:
+            raise DataError(f"{path}: /{s}/x has shape {dx.shape}, expected (N, {F})")
+        if dx.dtype not in _X_DTYPES:
+            raise DataError(f"{path}: /{s}/x has dtype {dx.dtype}, expected float32 or uint8")
+        if dx.dtype == np.uint8 and "scale" not in dx.attrs:
+            raise DataError(f"{path}: /{s}/x is uint8 but has no 'scale' attribute")
+        if dy.shape != (dx.shape[0],) or dy.dtype.kind not in "iu":
+            raise DataError(f"{path}: /{s}/y has shape {dy.shape} and dtype {dy.dtype}, "
+                            f"expected ({dx.shape[0]},) integers")
+        if check_values:
+            for start in range(0, dx.shape[0], CHECK_CHUNK):
+                _check_rows(path, s, dx[start:start + CHECK_CHUNK],
+                            dy[start:start + CHECK_CHUNK], C, start)
+        splits[s] = int(dx.shape[0])
+    if not splits:
+        raise DataError(f"{path}: no split (expected groups among {SPLITS})")
+    return ClassificationFile(path, f, F, C, splits, attrs)
+
+
+def describe_file(path, f):
+    """The DatasetInfo of an open dataset file (the registry's describe): sizes, kind, splits;
+    the rows are checked by the loader."""
+    from .info import CLASSIFICATION, DatasetInfo, scalar_attrs
+    path = os.path.abspath(os.fspath(path))
+    ds = _validate(path, f, check_values=False)
+    return DatasetInfo(path=path, format=FORMAT, kind=CLASSIFICATION, splits=dict(ds.splits),
+                       num_train=ds.splits.get("train"), num_features=ds.num_features,
+                       num_classes=ds.num_classes, multilabel=False, sparse=False,
+                       attrs=scalar_attrs(ds.attrs))
+
+
+def describe(path):
+    """The DatasetInfo of a dataset file (engine.data.registry.describe)."""
+    from .registry import describe as describe_any
+    return describe_any(path)
 
 
 # --------------------------------------------------------------------------------- loading
-class ClassificationLoader:
+class ClassificationLoader(Loader):
     """Minibatches (x (B, F) float32, y (B,) int64) of one split, as backend arrays.
 
     Protocol of engine/data/arrays.py: `__len__`, `num_examples`, `iter_from(epoch,
@@ -280,9 +295,6 @@ class ClassificationLoader:
         for i in range(start_batch, len(self)):
             x, y = self._rows(order[i * self.batch_size:(i + 1) * self.batch_size])
             yield put(x), put(y)
-
-    def __iter__(self):
-        return self.iter_from(0, 0)
 
     def close(self):
         self.file.close()

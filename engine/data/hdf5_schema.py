@@ -19,6 +19,8 @@ Token streams are chunked and gzip-compressed (gzip rather than lzf: any HDF5 to
 `open_lm_corpus` validates everything a training run relies on before it starts (format,
 version, vocabulary/counts consistency, every token id in [0, V), scanned in bounded chunks)
 and raises `DataError` naming the file, the field or split, and the first bad position.
+`describe_file(path, open_file)` is the registry's description (a DatasetInfo: vocabulary,
+counts, split lengths; tokens not scanned).
 """
 from __future__ import annotations
 
@@ -299,6 +301,28 @@ def open_lm_corpus(path, check_tokens: bool = True) -> LMCorpus:
         f.close()
         raise
     return corpus
+
+
+def describe_file(path, f: h5py.File):
+    """The DatasetInfo of an open corpus file (the registry's describe): structure validated,
+    token ids not scanned (the loaders scan them)."""
+    from .info import LM_CORPUS, DatasetInfo, scalar_attrs
+    path = os.path.abspath(os.fspath(path))
+    try:
+        corpus = _validate(path, f, check_tokens=False)
+    except DataError:
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        raise DataError(f"{path}: unreadable {FORMAT} file (truncated or corrupt?): "
+                        f"{type(e).__name__}: {e}") from e
+    attrs = scalar_attrs(corpus.attrs)
+    splits = {s: corpus.split_length(s) for s in corpus.splits}
+    return DatasetInfo(
+        path=path, format=FORMAT, kind=LM_CORPUS, splits=splits, num_train=splits.get("train"),
+        vocab_size=corpus.vocab_size, vocab=tuple(corpus.vocab), vocab_hash=corpus.vocab_hash(),
+        word_counts=corpus.counts, unk_id=corpus.unk_id, eos_id=corpus.eos_id,
+        min_count=corpus.min_count, tokenizer=str(attrs.get("tokenizer", "whitespace")),
+        lowercase=bool(attrs.get("lowercase", 0)), attrs=attrs)
 
 
 def _attr_int(path, attrs, name) -> int:

@@ -40,6 +40,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
+from .arrays import Loader
 from .errors import DataError
 from .hdf5_schema import LMCorpus, open_lm_corpus
 
@@ -57,7 +58,7 @@ def _positive_int(name, value, minimum=1):
     return int(value)
 
 
-class NGramLoader:
+class NGramLoader(Loader):
     """Batches (x, y) of (previous `context` ids, next id) over a split, streamed and shuffled.
 
     `corpus_or_path`: an open `LMCorpus` (left open by `close`) or a path (opened, validated and
@@ -212,12 +213,6 @@ class NGramLoader:
         if self._owns_corpus and self.corpus is not None:
             self.corpus.close()
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 # ------------------------------------------------------------------------- prefetching

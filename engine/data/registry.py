@@ -1,4 +1,4 @@
-"""Which HDF5 dataset format a file holds, and the module that reads it.
+"""Which dataset a file holds, described once, and the loader that reads it.
 
 Every file written by `engine prepare` carries a root attribute `format`:
 
@@ -6,14 +6,14 @@ Every file written by `engine prepare` carries a root attribute `format`:
     "engine-classification"  dense features, one label per example  (engine/data/classification.py)
     "engine-xmc"             CSR features, several labels per example (engine/data/xmc.py)
 
-A classification format module provides
+    info = describe("ptb.h5")          # one open of the file -> DatasetInfo (engine/data/info.py)
+    loader = make_loader(info, "train", batch_size=256, shuffle=True, seed=0, backend=be,
+                         context=5)    # context: language-model corpora only
 
-    describe(path) -> dict(format, num_features, num_classes, multilabel, sparse, splits, ...)
-    make_loader(path, split, batch_size, shuffle, seed, backend)
-        -> loader with __len__, num_examples, iter_from(epoch, start_batch), close()
-
-and the Engine and the command line dispatch on the attribute through this file, so a new format
-is one entry in FORMATS.
+A format module provides `describe_file(path, open_h5py_file) -> DatasetInfo` and
+`make_loader(path, split, batch_size, shuffle, seed, backend)` (the corpus loader also takes
+`context`); a new format is one entry in FORMATS. The kind of a file is decided here, once:
+the Engine and the command line take the DatasetInfo and never open the file to ask again.
 """
 from __future__ import annotations
 
@@ -21,19 +21,76 @@ import importlib
 import os
 
 from .errors import DataError
+from .info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 
 LM_FORMAT = "engine-lm-corpus"
 
-#: format attribute -> module holding describe() and make_loader()
+#: format attribute -> module holding describe_file() and make_loader()
 FORMATS = {
+    LM_FORMAT: "engine.data.hdf5_schema",
     "engine-classification": "engine.data.classification",
     "engine-xmc": "engine.data.xmc",
 }
 
+_EXPECTED = ("a file written by `engine prepare` (a language-model corpus, or a classification "
+             "file from `engine prepare mnist|xmc`)")
+
+
+def _text(value):
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+
+
+def describe(path) -> DatasetInfo:
+    """Open the file once, read its format and describe it; DataError (one line naming the
+    file) when it is missing, unreadable or of an unknown format."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: no such file (expected {_EXPECTED})")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: is a folder, expected {_EXPECTED}")
+    import h5py
+    try:
+        f = h5py.File(path, "r")
+    except OSError as e:
+        raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}; "
+                        f"expected {_EXPECTED}") from e
+    with f:
+        fmt = _text(f.attrs.get("format"))
+        if fmt not in FORMATS:
+            raise DataError(f"{path}: root attribute 'format' is {fmt!r}, expected one of "
+                            f"{', '.join(FORMATS)} ({_EXPECTED})")
+        try:
+            return importlib.import_module(FORMATS[fmt]).describe_file(path, f)
+        except DataError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+            raise DataError(f"{path}: unreadable {fmt} file (truncated or corrupt?): "
+                            f"{type(e).__name__}: {e}") from e
+
+
+def as_info(data) -> DatasetInfo:
+    """A DatasetInfo as it is, or the description of a path."""
+    return data if isinstance(data, DatasetInfo) else describe(data)
+
+
+def make_loader(info: DatasetInfo, split, batch_size, shuffle=True, seed=0, backend=None,
+                context=None):
+    """A streaming loader over one split of a described dataset (`context`: the n-gram length,
+    for a language-model corpus)."""
+    if info.kind == LM_CORPUS:
+        if context is None:
+            raise ValueError(f"{info.path}: a language-model corpus loader needs the context length")
+        from .loader import NGramLoader
+        return NGramLoader(info.path, split, context=context, batch_size=batch_size,
+                           shuffle=shuffle, seed=seed, backend=backend)
+    module = importlib.import_module(FORMATS[info.format])
+    return module.make_loader(info.path, split, batch_size, shuffle=shuffle, seed=seed,
+                              backend=backend)
+
 
 def dataset_format(path) -> str | None:
-    """The `format` attribute of an HDF5 file, or None when the file is missing, unreadable or has
-    none (the caller's reader then raises its own error naming the problem)."""
+    """The `format` attribute of an HDF5 file, or None when the file is missing, unreadable or
+    has none (a utility: `describe` is what the engine uses)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         return None
@@ -41,33 +98,11 @@ def dataset_format(path) -> str | None:
         import h5py
         with h5py.File(path, "r") as f:
             fmt = f.attrs.get("format")
-    except Exception:           # not HDF5, truncated...: the format's reader says what is wrong
+    except Exception:           # not HDF5, truncated...: describe() says what is wrong
         return None
-    if isinstance(fmt, bytes):
-        fmt = fmt.decode("utf-8", "replace")
+    fmt = _text(fmt)
     return None if fmt is None else str(fmt)
 
 
-def is_lm_corpus_file(path) -> bool:
-    """True unless the file is a classification dataset (missing or broken files count as LM
-    corpora so that the corpus reader reports what is wrong with them)."""
-    return dataset_format(path) not in FORMATS
-
-
-def _module(path):
-    fmt = dataset_format(path)
-    if fmt not in FORMATS:
-        raise DataError(f"{path}: not a classification dataset (format {fmt!r}; "
-                        f"known: {sorted(FORMATS)})")
-    return importlib.import_module(FORMATS[fmt])
-
-
-def describe_dataset(path) -> dict:
-    """Sizes and kind of a classification dataset (see the module docstring)."""
-    return _module(path).describe(path)
-
-
-def make_dataset_loader(path, split, batch_size, shuffle=True, seed=0, backend=None):
-    """A streaming loader over one split of a classification dataset."""
-    return _module(path).make_loader(path, split, batch_size, shuffle=shuffle, seed=seed,
-                                     backend=backend)
+__all__ = ["DatasetInfo", "describe", "as_info", "make_loader", "dataset_format", "FORMATS",
+           "LM_FORMAT", "LM_CORPUS", "CLASSIFICATION"]

@@ -23,8 +23,9 @@ kept in file order; the train split is the rest, and /label_counts counts the tr
 The file is written atomically (a temporary file beside the target, fsync, os.replace); on any
 error nothing is left at the target and an older file there is untouched.
 
-`describe(path)` and `make_loader(path, split, batch_size, shuffle, seed, backend)` are the
-format-module protocol of registry.py. `XMCLoader` holds one split's CSR arrays in host memory
+`describe_file(path, open_file)` (-> DatasetInfo, with the training label counts) and
+`make_loader(path, split, batch_size, shuffle, seed, backend)` are the format-module protocol of
+registry.py. `XMCLoader` holds one split's CSR arrays in host memory
 (compact: 12 bytes per non-zero, about 0.5 GB for Amazon-670K's training split) and yields
 (x, y): x the (B, F) CSR minibatch (scipy.sparse.csr_matrix, or cupyx.scipy.sparse.csr_matrix on
 a GPU backend), y (B, K) int32 label ids padded with -1 (K >= 1). Epoch e is shuffled by
@@ -40,7 +41,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
-from .arrays import batches_per_epoch, epoch_order
+from .arrays import Loader, batches_per_epoch, epoch_order
 from .atomic_h5 import AtomicH5Writer
 from .xmc_text import DEFAULT_CHUNK_POINTS, read_header, read_xmc_chunks
 
@@ -177,46 +178,64 @@ def _open(path):
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}") from e
     try:
-        fmt = f.attrs.get("format")
-        fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-        if fmt != FORMAT:
-            raise DataError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
-        version = int(f.attrs.get("format_version", -1))
-        if version != FORMAT_VERSION:
-            raise DataError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
-        for name in ("num_features", "num_labels", "num_train"):
-            if name not in f.attrs:
-                raise DataError(f"{path}: root attribute {name} missing")
+        _check_header(path, f)
         return f
     except BaseException:
         f.close()
         raise
 
 
+def _check_header(path, f):
+    fmt = f.attrs.get("format")
+    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
+    if fmt != FORMAT:
+        raise DataError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
+    version = int(f.attrs.get("format_version", -1))
+    if version != FORMAT_VERSION:
+        raise DataError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
+    for name in ("num_features", "num_labels", "num_train"):
+        if name not in f.attrs:
+            raise DataError(f"{path}: root attribute {name} missing")
+
+
 def _splits(f):
     return [s for s in SPLITS if s in f]
 
 
-def describe(path) -> dict:
-    """Sizes and kind of an engine-xmc file (registry protocol): sparse, multi-label."""
-    with _open(path) as f:
-        return {"format": FORMAT, "num_features": int(f.attrs["num_features"]),
-                "num_classes": int(f.attrs["num_labels"]), "multilabel": True, "sparse": True,
-                "splits": [s for s in _splits(f) if int(f[s].attrs.get("num_examples", 0)) > 0],
-                "num_train": int(f.attrs["num_train"]),
-                "examples": {s: int(f[s].attrs.get("num_examples", 0)) for s in _splits(f)}}
+def _label_counts(path, f):
+    if "label_counts" not in f:
+        raise DataError(f"{os.fspath(path)}: dataset /label_counts missing")
+    counts = np.asarray(f["label_counts"][()], dtype=np.int64)
+    if counts.shape != (int(f.attrs["num_labels"]),):
+        raise DataError(f"{os.fspath(path)}: /label_counts has shape {counts.shape}, expected "
+                        f"({int(f.attrs['num_labels'])},)")
+    return counts
+
+
+def describe_file(path, f):
+    """The DatasetInfo of an open engine-xmc file (the registry's describe): sparse,
+    multi-label, with the training label counts (PSP@k propensities)."""
+    from .info import CLASSIFICATION, DatasetInfo, scalar_attrs
+    path = os.path.abspath(os.fspath(path))
+    _check_header(path, f)
+    return DatasetInfo(
+        path=path, format=FORMAT, kind=CLASSIFICATION,
+        splits={s: int(f[s].attrs.get("num_examples", 0)) for s in _splits(f)},
+        num_train=int(f.attrs["num_train"]), num_features=int(f.attrs["num_features"]),
+        num_classes=int(f.attrs["num_labels"]), multilabel=True, sparse=True,
+        label_counts=_label_counts(path, f), attrs=scalar_attrs(f.attrs))
+
+
+def describe(path):
+    """The DatasetInfo of a dataset file (engine.data.registry.describe)."""
+    from .registry import describe as describe_any
+    return describe_any(path)
 
 
 def read_label_frequencies(path):
     """(label_counts (L,) int64, num_train) of an engine-xmc file: the inputs of PSP@k."""
     with _open(path) as f:
-        if "label_counts" not in f:
-            raise DataError(f"{os.fspath(path)}: dataset /label_counts missing")
-        counts = np.asarray(f["label_counts"][()], dtype=np.int64)
-        if counts.shape != (int(f.attrs["num_labels"]),):
-            raise DataError(f"{os.fspath(path)}: /label_counts has shape {counts.shape}, expected "
-                            f"({int(f.attrs['num_labels'])},)")
-        return counts, int(f.attrs["num_train"])
+        return _label_counts(path, f), int(f.attrs["num_train"])
 
 
 def read_split(path, split):
@@ -256,7 +275,7 @@ def read_split(path, split):
     return x, arrays["y/indptr"], arrays["y/indices"]
 
 
-class XMCLoader:
+class XMCLoader(Loader):
     """Minibatches (x CSR, y (B, K) padded with -1) over one split (see the module docstring)."""
 
     def __init__(self, path, split, batch_size, shuffle=True, seed=0, backend=None,
@@ -313,18 +332,8 @@ class XMCLoader:
         from .loader import PREFETCH_DEPTH, _prefetched
         return _prefetched(self._batches(epoch, start_batch), PREFETCH_DEPTH)
 
-    def __iter__(self):
-        return self.iter_from(0, 0)
-
     def close(self):
         self.x = self.y_indptr = self.y_indices = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-        return False
 
 
 def make_loader(path, split, batch_size, shuffle=True, seed=0, backend=None) -> XMCLoader:

@@ -71,7 +71,7 @@ def shard_output(output, comm):
                              f"label-sharded version: it cannot train data-parallel")
         return output
     sharded = cls(output.in_features, output.num_classes, comm=comm, **output.rebuild_kwargs())
-    if getattr(output, "label_counts", None) is not None and output.label_counts_source is None:
+    if getattr(output, "label_counts", None) is not None:     # arrays, not in rebuild_kwargs
         sharded.set_label_frequencies(output.label_counts, output.num_train)
     return sharded
 

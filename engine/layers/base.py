@@ -116,6 +116,15 @@ class OutputLayer(Layer):
 
     #: Whether `log_prob` is a normalised log-probability (gives perplexity); squared error is not.
     has_likelihood = True
+    #: The user options of the constructor (engine/options.py): the command line's flags.
+    OPTIONS: tuple = ()
+    #: Constructor keywords that are not user options, with the reason.
+    NOT_OPTIONS = {"in_features": "the width of the model's last hidden layer",
+                   "num_classes": "the data's vocabulary or number of classes"}
+    #: Constructor keywords filled from the dataset description: {keyword: DatasetInfo field}.
+    FROM_DATA: Dict[str, str] = {}
+    #: Targets the layer takes: "one" (one id per example, (B,)) and/or "many" (K-hot, (B, K)).
+    TARGETS = ("one",)
 
     def rebuild_kwargs(self) -> Dict[str, Any]:
         """The keyword arguments that rebuild this layer, without in_features and num_classes

@@ -16,9 +16,32 @@ from typing import Dict
 
 import numpy
 
+from ..options import Option, at_least, in_range, json_object, parse_float, parse_int, parse_str
+
+
+def body_options(hidden, activation, hidden_help):
+    """The options both MLPs take for their hidden layers and output (engine/options.py)."""
+    from ..outputs import OUTPUTS
+    return (
+        Option("hidden", parse_int, list(hidden), hidden_help, many=True, check=at_least(1),
+               metavar="WIDTH"),
+        Option("activation", parse_str, activation, "hidden activation", choices=("tanh", "relu")),
+        Option("dropout", parse_float, 0.0, "dropout probability after each hidden layer",
+               check=in_range(0, 1)),
+        Option("output", parse_str, "softmax", "the output layer (its options: the output "
+               "groups below)", choices=tuple(OUTPUTS)),
+        Option("output_kwargs", json_object, None, "more output-layer arguments as a JSON object "
+               "(keys: the chosen output's constructor keywords), e.g. '{\"chunk_size\": 4096}'",
+               metavar="JSON"),
+    )
+
 
 class Model:
     kind = "model"
+    #: The user options of the constructor (engine/options.py): the command line's flags.
+    OPTIONS: tuple = ()
+    #: Constructor keywords that are not user options (sizes from the data), with the reason.
+    NOT_OPTIONS: dict = {}
     #: The dataset kind the model trains on: "lm-corpus" (token streams) or "classification"
     #: (dense or sparse features with labels); the engine refuses the other kind with one line.
     data_kind = None
@@ -55,9 +78,14 @@ class Model:
         """Check host arrays once before training on them (shapes, ids in range); raise
         ValueError/TypeError naming `name`. The default accepts anything."""
 
+    @classmethod
+    def default_output(cls, info) -> str:
+        """The output layer for a dataset (a DatasetInfo) when none is chosen."""
+        return "softmax"
+
     def check_dataset(self, info, path: str = "the dataset"):
-        """Check that a dataset's description (sizes, kind) fits the model before any batch
-        is read; raise ValueError naming `path`. The default accepts anything."""
+        """Check that a dataset's description (a DatasetInfo: sizes, kind) fits the model
+        before any batch is read; raise ValueError naming `path`. The default accepts anything."""
 
     def body_forward(self, h, train):
         """Run the hidden layers in order: (B, width_in) -> h (B, d)."""

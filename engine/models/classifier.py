@@ -22,8 +22,9 @@ from typing import Sequence
 import numpy
 
 from ..layers import Dropout, Linear, make_activation
-from ..outputs import make_output
-from .base import Model
+from ..outputs import OUTPUTS, keywords, make_output
+from ..options import ANY, Option, at_least, parse_int, parse_str
+from .base import Model, body_options
 
 
 def _is_sparse(x):
@@ -31,10 +32,34 @@ def _is_sparse(x):
     return hasattr(x, "indptr") and hasattr(x, "indices")
 
 
+_MEPROP = ("meprop_k", ANY)
+
+
 class MLPClassifier(Model):
     kind = "mlp-classifier"
     data_kind = "classification"
     reports_perplexity = False
+    OPTIONS = body_options((500, 500), "relu", "hidden widths") + (
+        Option("intermediate", parse_int, None, "width of a dense ReLU layer just before the "
+               "output (XMC)", check=at_least(1)),
+        Option("meprop_k", parse_int, None, "meProp: keep the k largest output-gradient entries "
+               "per example in each hidden layer", part_of="meprop", key="k", check=at_least(1)),
+        Option("meprop_mode", parse_str, "per-example", "meProp: which entries are kept",
+               part_of="meprop", key="mode", choices=("per-example", "unified", "random"),
+               when=_MEPROP),
+        Option("meprop_output", default=False, switch=True, help="meProp also on the output "
+               "layer (when it supports it)", part_of="meprop", key="output", when=_MEPROP),
+        Option("meprop_seed", parse_int, 0, "meProp random mode: seed", part_of="meprop",
+               key="seed", check=at_least(0), default_from="seed", when=_MEPROP),
+    )
+    NOT_OPTIONS = {"num_features": "the data's features (DatasetInfo.num_features)",
+                   "num_classes": "the data's classes (DatasetInfo.num_classes)",
+                   "sparse_input": "whether the data's features are sparse (DatasetInfo.sparse)"}
+
+    @classmethod
+    def default_output(cls, info) -> str:
+        """Softmax for one label per example; the squared hinge for multi-label data."""
+        return "squared-hinge" if info.multilabel else "softmax"
 
     def __init__(self, num_features: int, num_classes: int, hidden: Sequence[int] = (500, 500),
                  activation: str = "relu", dropout: float = 0.0, sparse_input: bool = False,
@@ -74,13 +99,11 @@ class MLPClassifier(Model):
         out_kw = dict(self.output_kwargs)
         if self.meprop and self.meprop.get("output"):
             out_kw.setdefault("meprop", {k: v for k, v in self.meprop.items() if k != "output"})
-        try:
-            self.output = make_output(output, width, self.num_classes, **out_kw)
-        except TypeError as exc:
-            if "meprop" in out_kw and "meprop" in str(exc):
-                raise ValueError(f"MLPClassifier: the {output!r} output does not support meProp "
-                                 f"(meprop 'output': True); the softmax output does") from None
-            raise
+        if "meprop" in out_kw and output in OUTPUTS and "meprop" not in (
+                keywords(OUTPUTS[output]) or ()):
+            raise ValueError(f"MLPClassifier: the {output!r} output does not support meProp "
+                             f"(meprop 'output': True); the softmax output does")
+        self.output = make_output(output, width, self.num_classes, **out_kw)
         self.layers = self.body + [self.output]
 
     # -- inputs ---------------------------------------------------------------------
@@ -116,13 +139,14 @@ class MLPClassifier(Model):
             raise ValueError(f"{name}: label {y[pos]} at position {tuple(int(i) for i in pos)} is "
                              f"outside [0, {self.num_classes})")
 
-    def check_dataset(self, info: dict, path: str = "the dataset"):
-        """The sizes a classification file declares (registry describe()) must fit the model."""
+    def check_dataset(self, info, path: str = "the dataset"):
+        """The sizes a classification file declares (a DatasetInfo) must fit the model."""
         for key, mine in (("num_features", self.num_features), ("num_classes", self.num_classes)):
-            if int(info[key]) != mine:
-                raise ValueError(f"{path}: {key} is {info[key]} but the model has {mine}")
-        if bool(info.get("sparse", False)) != self.sparse_input:
-            raise ValueError(f"{path}: {'sparse' if info.get('sparse') else 'dense'} features but "
+            theirs = getattr(info, key)
+            if int(theirs) != mine:
+                raise ValueError(f"{path}: {key} is {theirs} but the model has {mine}")
+        if bool(info.sparse) != self.sparse_input:
+            raise ValueError(f"{path}: {'sparse' if info.sparse else 'dense'} features but "
                              f"the model takes {'sparse' if self.sparse_input else 'dense'} input")
 
     # -- evaluation -----------------------------------------------------------------------

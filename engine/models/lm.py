@@ -17,12 +17,23 @@ import numpy
 
 from ..layers import Dropout, Embedding, Linear, make_activation
 from ..outputs import make_output
-from .base import Model
+from ..options import Option, at_least, parse_int
+from .base import Model, body_options
 
 
 class MLPLanguageModel(Model):
     kind = "mlp-lm"
     data_kind = "lm-corpus"
+    # the command line's default model is smaller than the constructor's: a few minutes per
+    # epoch on a 2-core CPU over the shipped corpus
+    OPTIONS = (
+        Option("context", parse_int, 4, "previous words seen (n)", check=at_least(1)),
+        Option("embed_dim", parse_int, 128, "embedding width", flag="--embed", check=at_least(1),
+               cli_default=64),
+        Option("hidden", parse_int, [512], "hidden widths", many=True, check=at_least(1),
+               cli_default=[256], metavar="WIDTH"),
+    ) + tuple(o for o in body_options((512,), "tanh", "") if o.name != "hidden")
+    NOT_OPTIONS = {"vocab_size": "the corpus's vocabulary (DatasetInfo.vocab_size)"}
 
     def __init__(self, vocab_size: int, context: int = 4, embed_dim: int = 128,
                  hidden: Sequence[int] = (512,), activation: str = "tanh", dropout: float = 0.0,
@@ -74,6 +85,12 @@ class MLPLanguageModel(Model):
                 pos = numpy.unravel_index(bad[0], a.shape)
                 raise ValueError(f"{name}: {what} id {a[pos]} at position {tuple(int(i) for i in pos)} "
                                  f"is outside the vocabulary [0, {self.vocab_size})")
+
+    def check_dataset(self, info, path: str = "the corpus"):
+        """The corpus's vocabulary (a DatasetInfo) must be the model's output."""
+        if info.vocab_size != self.vocab_size:
+            raise ValueError(f"{path}: vocabulary of {info.vocab_size} words but the model has "
+                             f"{self.vocab_size} outputs (vocabulary mismatch)")
 
     def hidden_forward(self, x, train):
         emb = self.embedding.forward(x, train)

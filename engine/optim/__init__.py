@@ -13,7 +13,9 @@ from .schedules import (Constant, Cosine, LinearWarmup, Plateau, Schedule, StepD
                         make_schedule)
 from .sgd import SGD
 
-_OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+#: name -> class: the optimizers `make_optimizer` and `engine train --optimizer` know
+OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+_OPTIMIZERS = OPTIMIZERS
 
 
 def make_optimizer(name: str, **kw) -> Optimizer:
@@ -30,6 +32,6 @@ def optimizer_from_config(cfg) -> Optimizer:
     return make_optimizer(cfg.pop("name"), **cfg)
 
 
-__all__ = ["Optimizer", "SGD", "Adam", "make_optimizer", "optimizer_from_config",
+__all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS", "make_optimizer", "optimizer_from_config",
            "Schedule", "Constant", "StepDecay", "Cosine", "LinearWarmup", "Plateau",
            "make_schedule", "clip_grads_", "global_grad_norm"]

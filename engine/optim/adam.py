@@ -34,7 +34,8 @@ tests/layers/test_meprop.py.
 """
 from __future__ import annotations
 
-from .base import Optimizer
+from ..options import Option, at_least, in_range, parse_float
+from .base import Optimizer, common_options
 
 
 class Adam(Optimizer):
@@ -42,6 +43,13 @@ class Adam(Optimizer):
     schedule=None, sparse_mode="lazy")."""
 
     name = "adam"
+    OPTIONS = common_options(1e-3) + (
+        Option("beta1", parse_float, 0.9, "Adam: decay of the first moment", check=in_range(0, 1)),
+        Option("beta2", parse_float, 0.999, "Adam: decay of the second moment",
+               check=in_range(0, 1)),
+        Option("eps", parse_float, 1e-8, "Adam: epsilon of the denominator", flag="--adam-eps",
+               check=at_least(0)),
+    )
     slots = ("m", "v")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,

@@ -32,10 +32,30 @@ import numpy
 
 from ..row_sparse import RowSparseGrad
 
+from ..options import Option, at_least, greater_than, parse_float, parse_str
 from .clipping import clip_grads_
 from .schedules import make_schedule
 
 _SPARSE_MODES = ("lazy", "dense")
+
+
+def common_options(lr):
+    """The options every optimizer takes (engine/options.py), with its own default lr. The
+    learning rate, its schedule, clipping and decay may change when a run resumes."""
+    return (
+        Option("lr", parse_float, lr, "learning rate (before the schedule)", check=at_least(0),
+               resumable=True),
+        Option("weight_decay", parse_float, 0.0, "L2 weight decay (decoupled for Adam)",
+               check=at_least(0), resumable=True),
+        Option("clip_norm", parse_float, None, "clip the global gradient norm to this",
+               flag="--clip", check=greater_than(0), resumable=True),
+        Option("schedule", parse_str, None, "learning-rate schedule: constant | step:EVERY:FACTOR "
+               "| cosine[:STEPS] | plateau:FACTOR | warmup:N+... (default constant)",
+               resumable=True),
+        Option("sparse_mode", parse_str, "lazy", "row-sparse gradients: lazy (only the rows "
+               "touched move) or dense (densified, exact dense semantics)",
+               choices=_SPARSE_MODES),
+    )
 
 
 class Optimizer:
@@ -44,6 +64,9 @@ class Optimizer:
     name = "optimizer"
     #: names of the per-parameter state buffers, each a {key: array} dict in `self.state`
     slots: tuple = ()
+    #: the user options of the constructor (engine/options.py): the command line's flags
+    OPTIONS: tuple = ()
+    NOT_OPTIONS: dict = {}
 
     def __init__(self, lr, weight_decay=0.0, clip_norm=None, schedule=None, sparse_mode="lazy"):
         if float(lr) < 0:

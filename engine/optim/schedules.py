@@ -73,6 +73,12 @@ class Schedule:
     def load_state_dict(self, state: Dict[str, Any]):
         pass
 
+    def spec(self) -> str:
+        """The string `make_schedule` turns back into this schedule ("plateau:factor=0.5:...");
+        a run's config.toml records it."""
+        args = [f"{k}={_format_value(v)}" for k, v in self.config().items() if k != "name"]
+        return ":".join([self.name] + args)
+
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.config().items() if k != "name")
         return f"{type(self).__name__}({args})"
@@ -138,6 +144,13 @@ class Cosine(Schedule):
         return {"name": self.name, "total_steps": self.total_steps, "min_lr": self.min_lr,
                 "warmup_steps": self.warmup_steps}
 
+    def spec(self):
+        # a horizon the engine set from the run's length is left for the next run to set
+        args = {"min_lr": self.min_lr, "warmup_steps": self.warmup_steps}
+        if not self._set_at_run_time and self.total_steps is not None:
+            args = {"total_steps": self.total_steps, **args}
+        return ":".join([self.name] + [f"{k}={_format_value(v)}" for k, v in args.items()])
+
     def state_dict(self):
         return {"total_steps": self.total_steps} if self._set_at_run_time else {}
 
@@ -173,6 +186,9 @@ class LinearWarmup(Schedule):
 
     def config(self):
         return {"name": self.name, "warmup_steps": self.warmup_steps, "inner": self.inner.config()}
+
+    def spec(self):
+        return f"{self.name}:warmup_steps={self.warmup_steps}+{self.inner.spec()}"
 
     def state_dict(self):
         return {f"inner/{k}": v for k, v in self.inner.state_dict().items()}
@@ -241,6 +257,13 @@ class Plateau(Schedule):
         self.best = float(state["best"])
         self.num_bad = int(state["num_bad"])
         self.multiplier = float(state["multiplier"])
+
+
+def _format_value(value) -> str:
+    """A value as `_parse_value` reads it back (floats exactly, via repr)."""
+    if value is None:
+        return "none"
+    return repr(value) if isinstance(value, float) else str(value)
 
 
 def _parse_value(text: str):

@@ -28,7 +28,8 @@ No kernel: plain array expressions on `backend.xp`.
 """
 from __future__ import annotations
 
-from .base import Optimizer
+from ..options import Option, in_range, parse_float
+from .base import Optimizer, common_options
 
 
 class SGD(Optimizer):
@@ -36,6 +37,11 @@ class SGD(Optimizer):
     schedule=None, sparse_mode="lazy")."""
 
     name = "sgd"
+    OPTIONS = common_options(0.1) + (
+        Option("momentum", parse_float, 0.0, "SGD momentum", check=in_range(0, 1)),
+        Option("nesterov", default=False, switch=True, help="Nesterov momentum (needs "
+               "--momentum > 0)"),
+    )
 
     def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, clip_norm=None,
                  schedule=None, sparse_mode="lazy"):

@@ -36,14 +36,18 @@ its cluster's log-probability (an upper bound on any of its words') reaches the 
 k-th best, so a row whose head argmax is a head word never touches a tail (k = 1).
 
 Cutoffs: a list, or "auto": chosen at bind by engine/outputs/adaptive_cutoffs.py from word
-`counts` (an array or a corpus path) and the measured cost model of the backend; `config()`
+`counts` (an array: DatasetInfo.word_counts) and the measured cost model of the backend; `config()`
 then stores the resolved list, so a checkpoint rebuilds the same layer.
 """
 from __future__ import annotations
 
+import os
+
 import numpy
 
 from ..layers.base import OutputLayer
+from ..options import (Option, at_least, cutoffs_value, in_range, init_scale_option, parse_float,
+                       parse_int, reduction_option)
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -58,15 +62,42 @@ def _check_cutoffs(cutoffs, num_classes):
 
 
 def load_counts(counts):
-    """Word counts as a float64 host array: from an array, or from a corpus HDF5 path (/counts)."""
-    if isinstance(counts, (str, bytes)) or hasattr(counts, "__fspath__"):
-        from ..data.hdf5_schema import open_lm_corpus
-        with open_lm_corpus(counts, check_tokens=False) as corpus:
-            return numpy.asarray(corpus.counts, dtype=numpy.float64)
+    """Word counts (V,) as a float64 host array. A path is refused: the caller reads the data
+    (engine.data.registry.describe(path).word_counts)."""
+    if isinstance(counts, (str, bytes, os.PathLike)):
+        raise ValueError(f"adaptive: counts must be an array of word counts, got the path "
+                        f"{counts!r} (use engine.data.registry.describe(path).word_counts)")
     return numpy.asarray(counts, dtype=numpy.float64)
 
 
 class AdaptiveSoftmaxOutput(OutputLayer):
+    OPTIONS = (
+        Option("cutoffs", cutoffs_value, [2000], "comma-separated cutoffs (e.g. 2000,10000) or "
+               "'auto' (chosen from --data's word counts by the measured cost model)",
+               cli_default="auto", metavar="C1,C2|auto"),
+        Option("div_value", parse_float, 4.0, "tail i has width d / div_value^(i+1)",
+               check=at_least(1)),
+        Option("head_bias", default=True, switch=True, help="a bias on the head softmax"),
+        Option("tail_bias", default=False, switch=True, help="a bias on the tail softmaxes"),
+        reduction_option(),
+        Option("auto_batch", parse_int, 256, "auto cutoffs: the batch the cost model times",
+               check=at_least(1), when=("cutoffs", ("auto",)), default_from="batch_size"),
+        Option("auto_max_clusters", parse_int, 4, "auto cutoffs: most tail clusters",
+               flag="--max-clusters", check=at_least(0), when=("cutoffs", ("auto",))),
+        Option("auto_min_head", parse_int, 1, "auto cutoffs: fewest words in the head",
+               flag="--min-head", check=at_least(1), when=("cutoffs", ("auto",))),
+        Option("auto_head_coverage", parse_float, 0.8, "auto cutoffs: the head holds the words of "
+               "this share of the training tokens (0: the pure cost model)",
+               flag="--head-coverage", check=in_range(0, 1, high_open=False),
+               when=("cutoffs", ("auto",))),
+        init_scale_option(),
+    )
+    NOT_OPTIONS = {**OutputLayer.NOT_OPTIONS,
+                   "counts": "the training word counts, from the data (DatasetInfo.word_counts)",
+                   "ignore_index": "the loaders never pad a language-model target",
+                   "verbose": "printing of the auto cutoffs; follows the engine"}
+    FROM_DATA = {"counts": "word_counts"}
+
     def __init__(self, in_features: int, num_classes: int, cutoffs=(2000,), div_value: float = 4.0,
                  head_bias: bool = True, tail_bias: bool = False, reduction: str = "mean",
                  ignore_index: int = -1, counts=None, auto_batch: int = 256,
@@ -91,7 +122,7 @@ class AdaptiveSoftmaxOutput(OutputLayer):
         # perplexity (PTB, 600 steps: head 12 -> 329 test ppl, head 1,134 (80% of the tokens)
         # -> 311, as the hand-set 2000); 0 gives the paper's pure cost model.
         self.auto_head_coverage = float(auto_head_coverage)
-        self.counts = counts
+        self.counts = None if counts is None else load_counts(counts)
         self.auto_report = None
         if isinstance(cutoffs, str):
             if cutoffs != "auto":
@@ -119,9 +150,9 @@ class AdaptiveSoftmaxOutput(OutputLayer):
             return self.cutoffs
         from .adaptive_cutoffs import choose_cutoffs
         if self.counts is None:
-            raise ValueError("adaptive: cutoffs='auto' needs the word counts: pass counts=<array or "
-                             "corpus .h5 path> (engine train --cutoffs auto reads them from --data)")
-        counts = load_counts(self.counts)
+            raise ValueError("adaptive: cutoffs='auto' needs the word counts: pass counts=<array> "
+                             "(engine train --cutoffs auto reads them from --data)")
+        counts = self.counts
         if counts.shape != (self.num_classes,):
             raise ValueError(f"adaptive: counts has shape {counts.shape}, expected ({self.num_classes},)")
         report = choose_cutoffs(counts, self.in_features, backend=backend, dtype=dtype,

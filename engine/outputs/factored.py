@@ -35,8 +35,11 @@ from __future__ import annotations
 import numpy
 
 from ..layers.base import OutputLayer
+from ..options import (DETERMINISTIC_HELP, Option, at_least, float_pair, greater_than,
+                       in_open_closed, init_scale_option, parse_float, parse_int, parse_str,
+                       reduction_option, with_defaults)
 from . import factored_state as fs
-from .spherical_family import make_loss, targets_and_mask
+from .spherical_family import LOSS_OPTIONS, make_loss, targets_and_mask
 
 
 # ------------------------------------------------------------------ row primitives
@@ -82,6 +85,46 @@ def _compact_targets(backend, t2, valid, gc):
 class FactoredOutput(OutputLayer):
     owns_update = True
     default_loss = "squared"
+    TARGETS = ("one", "many")
+    OPTIONS = with_defaults(LOSS_OPTIONS, loss="squared") + (
+        reduction_option(),
+        Option("lr", parse_float, None, "the layer's own exact-SGD learning rate (default: "
+               "--lr-scale times the optimizer's scheduled --lr)", flag="--output-lr",
+               check=at_least(0)),
+        Option("lr_scale", parse_float, 1.0, "without --output-lr: the layer's learning rate is "
+               "this times the optimizer's", check=at_least(0)),
+        Option("weight_decay", parse_float, 0.0, "exact L2 decay of the layer's W",
+               flag="--output-weight-decay", check=at_least(0)),
+        Option("inverse", parse_str, "woodbury", "how U^-1 follows U: woodbury (rank-B update) or "
+               "solve", choices=("woodbury", "solve")),
+        Option("reinvert_every", parse_int, 0, "numerical care: recompute U^-1 every N updates "
+               "(0: only when the monitor asks)", check=at_least(0)),
+        Option("check_every", parse_int, None, "numerical care: run the monitors every N updates "
+               "(default: 100, rarer for a huge output)", check=at_least(1)),
+        Option("q_tol", parse_float, None, "recompute Q = W^T W when its relative error exceeds "
+               "this (default 1000 machine epsilons)", check=greater_than(0)),
+        Option("inv_tol", parse_float, None, "re-invert U when ||U U^-1 - I|| exceeds this "
+               "(default 1000 machine epsilons)", check=greater_than(0)),
+        Option("band", float_pair, [0.5, 2.0], "keep U's singular values in LOW,HIGH (rank-1 "
+               "fixes)", metavar="LOW,HIGH"),
+        Option("unfactorize_fraction", parse_float, 1.0 / 3.0, "unfactorize (V <- V U, U <- I) "
+               "when more than this share of U's singular values leave the band",
+               check=in_open_closed(0, 1)),
+        Option("recompute_q_every", parse_int, 0, "numerical care: recompute Q every N updates "
+               "(0: only when the monitor asks)", check=at_least(0)),
+        Option("lr_guard", default=True, switch=True, help="refuse (before any change) a step "
+               "that would make U singular"),
+        Option("guard_min", parse_float, 1e-2, "the guard's smallest allowed eigenvalue of the "
+               "step's factor", check=greater_than(0)),
+        Option("deterministic", default=False, switch=True, help=DETERMINISTIC_HELP),
+        init_scale_option(),
+        Option("monitor", parse_str, "probe", "the Q monitor: probe (a few random directions, "
+               "O(D d p)) or exact (O(D d^2))", choices=("probe", "exact")),
+        Option("monitor_probes", parse_int, 4, "directions of the probe monitor",
+               check=at_least(1)),
+        Option("topk_chunk", parse_int, 65536, "prediction: output rows scored at once",
+               check=at_least(1)),
+    )
 
     def __init__(self, in_features: int, num_classes: int, loss: str | None = None,
                  loss_kwargs: dict | None = None, reduction: str = "mean",
@@ -359,11 +402,14 @@ class FactoredSquaredOutput(FactoredOutput):
 
 class FactoredSphericalOutput(FactoredOutput):
     default_loss = "spherical"
+    OPTIONS = with_defaults(FactoredOutput.OPTIONS, loss="spherical")
 
 
 class FactoredTaylorOutput(FactoredOutput):
     default_loss = "taylor"
+    OPTIONS = with_defaults(FactoredOutput.OPTIONS, loss="taylor")
 
 
 class FactoredZLossOutput(FactoredOutput):
     default_loss = "zloss"
+    OPTIONS = with_defaults(FactoredOutput.OPTIONS, loss="zloss")

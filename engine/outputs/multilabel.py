@@ -30,32 +30,29 @@ blocks of the FFI layer, which computes all labels of a row at once), each of at
 `eval_block_elems` entries; the loss is summed and a running top-k kept per block
 (xmc_metrics.TopK). `eval_sums` returns count, loss, p@k, ndcg@k and, when the training label
 frequencies are known, psp@k (propensities of Jain et al. 2016; see xmc_metrics).
-Label frequencies: `label_counts` (a sequence of L counts, with `num_train`) or the path of an
-engine-xmc HDF5 file (its /label_counts and num_train attribute), or `set_label_frequencies`.
+Label frequencies: `label_counts` (an array of L training counts, with `num_train`: a
+DatasetInfo's label_counts and num_train), or `set_label_frequencies`; a checkpoint keeps them
+in the layer's state.
 """
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Any, Dict
 
 import numpy
 
-from ..data.errors import DataError
 from ..layers.base import OutputLayer
 from ..layers.linear import Linear
 from ..optim.slots import slot_count
+from ..options import (DETERMINISTIC_HELP, Option, at_least, bias_option, in_open_closed,
+                       parse_float, parse_int, parse_str)
 from .xmc_metrics import DEFAULT_KS, TopK, finish_metrics, inverse_propensity, metric_sums
 
 #: Largest score block (entries) evaluation and prediction hold at once (16 Mi floats = 64 MiB;
 #: the loss and top-k of a block take a few temporaries of that size).
 EVAL_BLOCK_ELEMS = 1 << 24
 _FFI_KWARGS = ("method", "deterministic", "rewire_every", "rewire_fraction", "skip_zero_grads")
-
-
-def _read_label_frequencies(path):
-    from ..data.xmc import read_label_frequencies
-    return read_label_frequencies(path)
+_FFI = ("weights", ("ffi",))
 
 
 class MultilabelOutput(OutputLayer):
@@ -63,11 +60,43 @@ class MultilabelOutput(OutputLayer):
 
     name = "multilabel"
     has_likelihood = False
+    TARGETS = ("one", "many")
+    OPTIONS = (
+        Option("weights", parse_str, "dense", "the label layer's weights: dense (L x d) or ffi "
+               "(fixed fan-in: --fan-in connections per label)", choices=("dense", "ffi")),
+        Option("fan_in", parse_int, None, "FFI: connections per label", check=at_least(1),
+               when=_FFI),
+        Option("method", parse_str, None, "FFI on the GPU: kernel (rawkernels/ffi.cu), cusparse, "
+               "auto (measured once per shape; the default) or reference (NumPy)",
+               flag="--ffi-method", choices=("auto", "kernel", "cusparse", "reference"), when=_FFI),
+        Option("deterministic", default=None, switch=True, help=DETERMINISTIC_HELP, when=_FFI),
+        Option("rewire_every", parse_int, None, "FFI: dynamic rewiring every N steps (default 0: "
+               "never)", check=at_least(0), when=_FFI),
+        Option("rewire_fraction", parse_float, None, "FFI: share of each label's connections "
+               "rewired (default 0.1)", check=in_open_closed(0, 1), when=_FFI),
+        Option("skip_zero_grads", default=None, switch=True, help="FFI: skip labels whose score "
+               "gradient is zero in the whole minibatch (default on)", when=_FFI),
+        Option("seed", parse_int, 0, "FFI: seed of the connections drawn", flag="--ffi-seed",
+               check=at_least(0), when=_FFI),
+        bias_option(True),
+        Option("psp_a", parse_float, 0.55, "PSP@k propensity parameter A (Jain et al. 2016)"),
+        Option("psp_b", parse_float, 1.5, "PSP@k propensity parameter B"),
+        Option("eval_block_elems", parse_int, EVAL_BLOCK_ELEMS, "evaluation: most scores held "
+               "at once (entries)", check=at_least(1)),
+    )
+    NOT_OPTIONS = {**OutputLayer.NOT_OPTIONS,
+                   "label_counts": "training points per label, from the data "
+                                   "(DatasetInfo.label_counts)",
+                   "num_train": "training points, from the data (DatasetInfo.num_train)"}
+    FROM_DATA = {"label_counts": "label_counts", "num_train": "num_train"}
 
     def __init__(self, in_features: int, num_classes: int, weights: str = "dense",
                  fan_in: int | None = None, bias: bool = True, seed: int = 0,
                  label_counts=None, num_train: int | None = None, psp_a: float = 0.55,
-                 psp_b: float = 1.5, eval_block_elems: int = EVAL_BLOCK_ELEMS, **ffi_kwargs):
+                 psp_b: float = 1.5, eval_block_elems: int = EVAL_BLOCK_ELEMS,
+                 method: str | None = None, deterministic: bool | None = None,
+                 rewire_every: int | None = None, rewire_fraction: float | None = None,
+                 skip_zero_grads: bool | None = None):
         self.inner = None
         super().__init__()
         if in_features < 1 or num_classes < 1:
@@ -75,9 +104,10 @@ class MultilabelOutput(OutputLayer):
                              f"L={num_classes}")
         if weights not in ("dense", "ffi"):
             raise ValueError(f"{self.name}: weights must be 'dense' or 'ffi', got {weights!r}")
-        unknown = sorted(set(ffi_kwargs) - set(_FFI_KWARGS))
-        if unknown:
-            raise ValueError(f"{self.name}: unknown arguments {unknown}")
+        # the FFI layer's own options: None leaves FixedFanInLinear's default
+        ffi_kwargs = {k: v for k, v in zip(_FFI_KWARGS, (method, deterministic, rewire_every,
+                                                         rewire_fraction, skip_zero_grads))
+                      if v is not None}
         if weights == "dense" and ffi_kwargs:
             raise ValueError(f"{self.name}: {sorted(ffi_kwargs)} apply to weights='ffi' only")
         self.in_features, self.num_classes = int(in_features), int(num_classes)
@@ -97,18 +127,12 @@ class MultilabelOutput(OutputLayer):
                 raise ValueError(f"{self.name}: fan_in applies to weights='ffi' only")
             self.fan_in = None
             self.inner = Linear(self.in_features, self.num_classes, bias=self.use_bias)
-        self.label_counts_source = label_counts if isinstance(label_counts, (str, os.PathLike)) else None
         self.label_counts = self.num_train = None
         self._inv_prop = None
-        if self.label_counts_source is not None:
-            try:
-                label_counts, file_n = _read_label_frequencies(os.fspath(label_counts))
-                num_train = file_n if num_train is None else num_train
-            except DataError as exc:
-                # rebuilt from a checkpoint whose data file moved: its state holds the counts
-                warnings.warn(f"{self.name}: no label frequencies from {label_counts} ({exc}); "
-                              f"PSP@k needs set_label_frequencies or a checkpoint state")
-                label_counts = None
+        if isinstance(label_counts, (str, bytes, os.PathLike)):
+            raise ValueError(f"{self.name}: label_counts must be an array of training counts per "
+                             f"label, got the path {label_counts!r} (use "
+                             f"engine.data.registry.describe(path).label_counts and .num_train)")
         if label_counts is not None:
             if num_train is None:
                 raise ValueError(f"{self.name}: label_counts given without num_train")
@@ -198,8 +222,6 @@ class MultilabelOutput(OutputLayer):
                "weights": self.weights, "fan_in": self.fan_in, "bias": self.use_bias,
                "seed": self.seed, "psp_a": self.psp_a, "psp_b": self.psp_b,
                "eval_block_elems": self.eval_block_elems, **self.ffi_kwargs}
-        if self.label_counts_source is not None:
-            cfg["label_counts"] = os.fspath(self.label_counts_source)
         return cfg
 
     # -- the loss ---------------------------------------------------------------------------

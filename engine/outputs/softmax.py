@@ -30,6 +30,7 @@ from __future__ import annotations
 
 from ..layers.base import OutputLayer
 from ..layers.meprop import check_config, meprop_backward
+from ..options import Option, at_least, bias_option, init_scale_option, parse_int, parse_str
 
 #: Largest temporary the fused SGD update allocates for one block of W's rows.
 UPDATE_BLOCK_BYTES = 16 * 2 ** 20
@@ -41,6 +42,18 @@ def _check_targets(targets, batch):
 
 
 class SoftmaxOutput(OutputLayer):
+    OPTIONS = (
+        Option("chunk_size", parse_int, None, "softmax over vocabulary chunks of this many words "
+               "(never holds the B x D logits)", check=at_least(1), metavar="C"),
+        Option("update", parse_str, "optimizer", "optimizer: the optimizer updates W; fused-sgd: "
+               "plain SGD inside the chunk loop (needs --chunk-size; no D x d gradient)",
+               flag="--softmax-update", choices=("optimizer", "fused-sgd")),
+        bias_option(True),
+        init_scale_option(),
+    )
+    NOT_OPTIONS = {**OutputLayer.NOT_OPTIONS,
+                   "meprop": "set by the classifier's --meprop-output (meProp at the output)"}
+
     def __init__(self, in_features: int, num_classes: int, bias: bool = True,
                  chunk_size: int | None = None, init_scale: float | None = None,
                  update: str = "optimizer", meprop: dict | None = None):

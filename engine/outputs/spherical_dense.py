@@ -12,11 +12,15 @@ It is also the naive side of tools/bench_factored.py for the spherical losses.
 from __future__ import annotations
 
 from ..layers.base import OutputLayer
-from .spherical_family import make_loss, targets_and_mask
+from ..options import init_scale_option, reduction_option, with_defaults
+from .spherical_family import LOSS_OPTIONS, make_loss, targets_and_mask
 
 
 class SphericalDenseOutput(OutputLayer):
     default_loss = "spherical"
+    OPTIONS = with_defaults(LOSS_OPTIONS + (reduction_option(), init_scale_option()),
+                            loss="spherical")
+    TARGETS = ("one", "many")
 
     def __init__(self, in_features: int, num_classes: int, loss: str | None = None,
                  loss_kwargs: dict | None = None, reduction: str = "mean",
@@ -97,7 +101,9 @@ class SphericalDenseOutput(OutputLayer):
 
 class TaylorDenseOutput(SphericalDenseOutput):
     default_loss = "taylor"
+    OPTIONS = with_defaults(SphericalDenseOutput.OPTIONS, loss="taylor")
 
 
 class ZLossDenseOutput(SphericalDenseOutput):
     default_loss = "zloss"
+    OPTIONS = with_defaults(SphericalDenseOutput.OPTIONS, loss="zloss")

@@ -21,6 +21,8 @@ A new member subclasses SphericalLoss and defines `value_and_grads` (a few lines
 """
 from __future__ import annotations
 
+from ..options import Option, greater_than, parse_float, parse_str
+
 
 class SphericalLoss:
     """Base class. `uses_s`: the loss depends on s (the layer then keeps W^T 1 up to date)."""
@@ -132,6 +134,20 @@ class ZLoss(SphericalLoss):
 
 LOSSES = {"squared": SquaredLoss, "spherical": SphericalSoftmaxLoss,
           "taylor": TaylorSoftmaxLoss, "zloss": ZLoss}
+
+
+#: Options of the layers built on this family (factored-*, *-dense): the loss, and the keyword
+#: arguments of the losses that take any (they go into the layer's `loss_kwargs`).
+LOSS_OPTIONS = (
+    Option("loss", parse_str, None, "the spherical-family loss", choices=tuple(LOSSES)),
+    Option("spherical_eps", parse_float, 1e-3, "spherical loss: eps in -log(o^2 + eps)",
+           part_of="loss_kwargs", key="eps", when=("loss", ("spherical",)),
+           check=greater_than(0)),
+    Option("zloss_a", parse_float, 0.1, "z-loss: the softplus sharpness a",
+           part_of="loss_kwargs", key="a", when=("loss", ("zloss",)), check=greater_than(0)),
+    Option("zloss_b", parse_float, 10.0, "z-loss: the margin b", part_of="loss_kwargs", key="b",
+           when=("loss", ("zloss",))),
+)
 
 
 def make_loss(name: str, **kwargs) -> SphericalLoss:

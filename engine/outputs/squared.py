@@ -15,6 +15,7 @@ from __future__ import annotations
 
 
 from ..layers.base import OutputLayer
+from ..options import bias_option, init_scale_option, reduction_option
 
 
 def targets_as_2d(xp, targets, batch):
@@ -28,6 +29,8 @@ def targets_as_2d(xp, targets, batch):
 
 class SquaredErrorOutput(OutputLayer):
     has_likelihood = False
+    OPTIONS = (bias_option(False), reduction_option(), init_scale_option())
+    TARGETS = ("one", "many")
 
     def __init__(self, in_features: int, num_classes: int, bias: bool = False,
                  reduction: str = "mean", init_scale: float | None = None):

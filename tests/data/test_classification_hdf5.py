@@ -8,7 +8,9 @@ from engine.backend import Backend
 from engine.data.classification import (ClassificationLoader, describe, make_loader,
                                         open_classification, write_classification)
 from engine.data.errors import DataError
-from engine.data.registry import dataset_format, describe_dataset, make_dataset_loader
+from engine.data.registry import dataset_format
+from engine.data.registry import describe as describe_dataset
+from engine.data.registry import make_loader as make_dataset_loader
 
 
 def small(tmp_path, x_dtype=numpy.float32, n=(23, 7, 5), name="c.h5"):
@@ -29,10 +31,10 @@ def test_round_trip_describe_and_registry(tmp_path, x_dtype):
     path, splits = small(tmp_path, x_dtype)
     assert dataset_format(path) == "engine-classification"
     info = describe(path)
-    assert info == describe_dataset(path)
-    assert (info["num_features"], info["num_classes"], info["multilabel"], info["sparse"]) == \
+    assert info.summary() == describe_dataset(path).summary()
+    assert (info.num_features, info.num_classes, info.multilabel, info.sparse) == \
         (6, 4, False, False)
-    assert info["splits"] == ["train", "valid", "test"]
+    assert info.splits == {"train": 23, "valid": 7, "test": 5} and info.format == dataset_format(path)
     with open_classification(path) as ds:
         for s, (x, y) in splits.items():
             got_x, got_y = ds.read(s)
@@ -60,7 +62,7 @@ def test_loader_protocol_shuffle_and_resume(tmp_path, in_memory):
     other = numpy.concatenate([y for _, y in loader.iter_from(2, 0)])
     assert not numpy.array_equal(other, ys)
     loader.close()
-    plain = make_dataset_loader(path, "test", 2, shuffle=False)
+    plain = make_dataset_loader(describe_dataset(path), "test", 2, shuffle=False)
     assert_array_equal(numpy.concatenate([y for _, y in plain.iter_from(0, 0)]), splits["test"][1])
     plain.close()
 

@@ -33,8 +33,8 @@ def test_idx_round_trip_and_split(tmp_path, gz):
     assert_array_equal(data["test"][0], arrays["test"][0].reshape(12, 784))
     out = prepare_mnist(tmp_path, tmp_path / "m.h5", valid_size=10)
     info = describe(out)
-    assert info["examples"] == {"train": 30, "valid": 10, "test": 12}
-    assert (info["num_features"], info["num_classes"]) == (784, 10)
+    assert info.splits == {"train": 30, "valid": 10, "test": 12}
+    assert (info.num_features, info.num_classes) == (784, 10)
     with open_classification(out) as ds:
         x, y = ds.read("valid")
         assert_array_equal(x, arrays["train"][0][30:].reshape(10, 784).astype(numpy.float32)
@@ -136,4 +136,4 @@ def test_full_protocol_split_from_hand_written_idx_files(tmp_path, spelling, gz)
     assert x_va[0, 0] == 23 % 256 and x_va[0, 27 * 28] == train_labels[23] * 25   # row-major
     assert tuple(data["image_shape"]) == (28, 28)
     out = prepare_mnist(tmp_path, tmp_path / "m.h5")
-    assert describe(out)["examples"] == {"train": 23, "valid": 5000, "test": 17}
+    assert describe(out).splits == {"train": 23, "valid": 5000, "test": 17}

@@ -92,8 +92,9 @@ def test_round_trip_and_label_counts(tmp_path):
     info = prepare_xmc(tr, te, out, valid_fraction=1 / 3, seed=3)
     assert info["train_points"] == 4 and info["valid_points"] == 2 and info["test_points"] == 2
     d = describe(out)
-    assert d["sparse"] and d["multilabel"] and d["format"] == "engine-xmc"
-    assert (d["num_features"], d["num_classes"]) == (8, 5) and d["splits"] == ["train", "valid", "test"]
+    assert d.sparse and d.multilabel and d.format == "engine-xmc" and d.kind == "classification"
+    assert (d.num_features, d.num_classes) == (8, 5) and list(d.splits) == ["train", "valid", "test"]
+    assert d.num_train == 4 and d.label_counts.dtype == numpy.int64
     pts = parse_all(tr)
     seen = []
     for split in ("train", "valid"):
@@ -116,7 +117,7 @@ def test_no_valid_split_and_empty_dataset(tmp_path):
     tr, te = write(tmp_path, "tr.txt", TRAIN), write(tmp_path, "te.txt", TEST)
     out = str(tmp_path / "d.h5")
     prepare_xmc(tr, te, out, valid_fraction=0.0)
-    assert "valid" not in describe(out)["splits"]
+    assert not describe(out).has_split("valid")
     with pytest.raises(DataError, match="empty"):
         make_loader(out, "valid", 2)
     with pytest.raises(DataError, match="0 points"):

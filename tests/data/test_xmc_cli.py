@@ -35,7 +35,7 @@ def train(dataset, tmp_path, capsys, *extra):
 
 def test_prepare_and_train_dense(dataset, tmp_path, capsys):
     info = describe(dataset)
-    assert info["examples"] == {"train": 1200, "valid": 300, "test": 300}
+    assert info.splits == {"train": 1200, "valid": 300, "test": 300}
     result = train(dataset, tmp_path, capsys)
     for key in ("test_p@1", "test_p@3", "test_p@5", "test_ndcg@5", "test_psp@1", "valid_p@1"):
         assert key in result, key
@@ -57,7 +57,7 @@ def test_prepare_synthetic_and_errors(tmp_path, capsys):
     out = tmp_path / "s.h5"
     assert main(["prepare", "xmc-synthetic", "--train-points", "200", "--test-points", "20",
                  "--features", "50", "--labels", "30", "--output", str(out)]) == 0
-    assert describe(out)["examples"]["test"] == 20
+    assert describe(out).splits["test"] == 20
     bad = tmp_path / "bad.txt"
     bad.write_text("1 5 5\n0 1;1\n")
     assert main(["prepare", "xmc", str(bad), str(bad), "--output", str(tmp_path / "b.h5")]) == 2

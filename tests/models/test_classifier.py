@@ -4,6 +4,7 @@ import pytest
 
 from engine import Adam, Engine, MLPClassifier
 from engine.backend import Backend
+from engine.data.info import DatasetInfo
 from engine.models import build_model
 from gradcheck import check_model_gradients
 
@@ -65,7 +66,8 @@ def test_config_round_trip_and_bad_input():
     with pytest.raises(ValueError, match="NaN"):
         model.validate_data(numpy.full((2, 10), numpy.nan), numpy.array([0, 1]))
     with pytest.raises(ValueError, match="num_classes is 4"):
-        model.check_dataset({"num_features": 10, "num_classes": 4}, "x.h5")
+        model.check_dataset(DatasetInfo("x.h5", "engine-classification", "classification",
+                                        {"train": 5}, num_features=10, num_classes=4), "x.h5")
 
 
 def test_after_step_hook_receives_step_optimizer_and_key_prefix():

@@ -299,18 +299,24 @@ def test_ffi_output_rewires_through_the_engine_and_checkpoints(tmp_path):
     numpy.testing.assert_allclose(s_a, s_b, rtol=1e-12)
 
 
-def test_label_counts_from_an_xmc_file_or_a_missing_one(tmp_path):
+def test_label_counts_from_an_xmc_description_or_a_checkpoint_state(tmp_path):
+    """The counts come as arrays (a DatasetInfo's), never as a path; a layer rebuilt without
+    them (a checkpoint's config) gets them back from the checkpoint's state."""
+    from engine.data.registry import describe
     from engine.data.xmc import prepare_xmc
     tr, te = tmp_path / "tr.txt", tmp_path / "te.txt"
     tr.write_text("4 3 5\n0,4 0:1\n4 1:1\n 2:1\n1,4 0:1\n")
     te.write_text("1 3 5\n2 1:1\n")
     path = str(tmp_path / "d.h5")
     prepare_xmc(str(tr), str(te), path, valid_fraction=0.0)
-    out = bound(make_output("bce", 4, 5, label_counts=path))
+    info = describe(path)
+    out = bound(make_output("bce", 4, 5, label_counts=info.label_counts, num_train=info.num_train))
     numpy.testing.assert_array_equal(out.label_counts, [1, 1, 0, 0, 3])
-    assert out.num_train == 4 and out.config()["label_counts"] == path
-    with pytest.warns(UserWarning, match="no label frequencies"):
-        moved = make_output("bce", 4, 5, label_counts=str(tmp_path / "moved.h5"))
+    assert out.num_train == 4 and "label_counts" not in out.config()
+    with pytest.raises(ValueError, match="must be an array"):
+        make_output("bce", 4, 5, label_counts=path)
+    moved = make_output("bce", 4, 5, **{k: v for k, v in out.config().items()
+                                        if k not in ("in_features", "num_classes")})
     assert moved.label_counts is None
     bound(moved).load_state_dict(out.state_dict())          # a checkpoint's state restores them
     numpy.testing.assert_array_equal(moved.label_counts, out.label_counts)
