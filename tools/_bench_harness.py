@@ -117,6 +117,20 @@ class EngineRunner(Runner):
         return [bm.TracemallocPeak()] + ([bm.RssPeak()] if rss else [])   # RssPeak entered last
 
 
+class OutputRunner(EngineRunner):
+    """An engine output layer `out` trained on fixed inputs `h`, targets `t` (dh: the last
+    input gradient): what it holds between steps, and how it lets go."""
+
+    out = h = t = dh = None
+
+    def held_arrays(self):
+        return (list(self.out.params.values()) + list(self.out.grads.values())
+                + [self.h, self.t, self.dh])
+
+    def close(self):
+        self.out = self.h = self.t = self.dh = None
+
+
 class TorchRunner(Runner):
     """A PyTorch method: synchronised through torch.cuda on the GPU."""
 
@@ -377,3 +391,36 @@ def update_allowances(initial, dtype):
     eps = float(numpy.finfo(dtype).eps)
     return {f"{k}_update": eps * float(numpy.abs(numpy.asarray(v)).max(initial=0.0))
             for k, v in initial.items()}
+
+
+def start(parser, argv, build):
+    """Parse a bench script's options. In the memory subprocess (`--_child`), measure and exit;
+    otherwise return (args, env): env holds backend, device ("cpu" | "gpu"), device_name, and
+    torch / torch_device (None until the script imports PyTorch)."""
+    args = parser.parse_args(argv)
+    if getattr(args, "_child", None) is not None:
+        raise SystemExit(child_main(args._child, build))
+    backend, device, device_name = bc.resolve_backend(args.device)
+    bc.finish_args(args, device)
+    return args, dict(backend=backend, device=device, device_name=device_name, torch=None,
+                      torch_device=None)
+
+
+PREFIXED = ("check", "check_error", "check_errors", "check_tolerances", "ms_min", "repeats",
+            "resident_bytes", "peak_bytes", "peak_method", "peak_bytes_tracemalloc")
+
+
+def combined_fields(results, methods):
+    """The fields of a row that holds several methods (e.g. naive and factored): each method's
+    fields prefixed with its name (`naive_check`, `factored_peak_bytes`, ...), and the row's
+    check: "failed" if any failed, "ok" if all passed (else "skipped"), with the largest error."""
+    row = {}
+    for m in methods:
+        row.update({f"{m}_{k}": results[m][k] for k in PREFIXED})
+    checks = [results[m]["check"] for m in methods]
+    row["check"] = "failed" if "failed" in checks else (
+        "ok" if all(c == "ok" for c in checks) else "skipped")
+    row["check_ok"] = {"ok": True, "failed": False}.get(row["check"])
+    row["check_error"] = max((results[m]["check_error"] for m in methods
+                              if results[m]["check_error"] is not None), default=None)
+    return row

@@ -92,7 +92,7 @@ def build_ours(method, shape, backend, seed, cutoffs=None, verbose=True):
     return out
 
 
-class OursRunner(harness.EngineRunner):
+class OursRunner(harness.OutputRunner):
     """An engine output layer, one forward + backward + plain SGD step per call."""
 
     def __init__(self, method, out, backend, h, t):
@@ -129,19 +129,10 @@ class OursRunner(harness.EngineRunner):
         values.update({f"{k}_update": after[k] - before[k] for k in before})
         return values
 
-    def held_arrays(self):
-        return list(self.out.params.values()) + list(self.out.grads.values()) + [self.h, self.t,
-                                                                                 self.dh]
-
-    def close(self):
-        self.out = self.h = self.t = self.dh = None
-
-
 class TorchAdaptive(harness.TorchRunner):
     """torch.nn.AdaptiveLogSoftmaxWithLoss with our initial weights, same step."""
 
     method = "torch-adaptive"
-    NAMES = None
 
     def __init__(self, torch, dev, ours, h, t):
         super().__init__(torch, dev)
@@ -295,25 +286,25 @@ def run_shape(name, shape, args, env):
     return rows
 
 
-def main(argv=None):
+def build_parser():
     p = bc.make_parser(__doc__.split("\n")[0])
     p.add_argument("--shapes", nargs="+", choices=("text8", "1bw"), default=None)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--rows", type=int, default=None, help="override B")
     p.add_argument("--skip-full", action="store_true", help="leave out ours-full (exact softmax)")
-    args = p.parse_args(argv)
-    if args._child is not None:
-        return harness.child_main(args._child, build_runner)
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
+    return p
+
+
+def main(argv=None):
+    args, env = harness.start(build_parser(), argv, build_runner)
+    device, device_name = env["device"], env["device_name"]
     torch, tdev, torch_note = bc.import_torch(device)
     if torch is not None and device == "cpu":
         # as many threads as NumPy's BLAS: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else every core
         torch.set_num_threads(int(os.environ.get("OPENBLAS_NUM_THREADS")
                                   or os.environ.get("OMP_NUM_THREADS") or os.cpu_count()))
         torch_note = f"PyTorch {torch.__version__} (CPU, {torch.get_num_threads()} threads)"
-    env = dict(backend=backend, device=device, device_name=device_name, torch=torch, tdev=tdev,
-               torch_device=tdev, torch_note=torch_note)
+    env.update(torch=torch, tdev=tdev, torch_device=tdev, torch_note=torch_note)
     if args.tiny:
         shapes = ["tiny"]
     else:

@@ -105,7 +105,7 @@ def check_rows(t, D):
     return numpy.unique(numpy.concatenate([t[:32], numpy.arange(min(D, 32))])).astype(numpy.int64)
 
 
-class OutputRunner(harness.EngineRunner):
+class LayerStep(harness.OutputRunner):
     """The naive dense layer (W -= lr dW) or the factored layer (its exact update), one step."""
 
     def __init__(self, method, backend, B, D, d, loss, seed):
@@ -116,14 +116,14 @@ class OutputRunner(harness.EngineRunner):
         else:   # monitors off while timing (measured apart); the GPU skips the lr guard's sync
             layer = make_output(f"factored-{loss}", d, D, check_every=0,
                                 lr_guard=(backend.device != "gpu"), deterministic=False)
-        self.layer = layer.bind(backend, numpy.random.default_rng(seed), DTYPE)
+        self.out = layer.bind(backend, numpy.random.default_rng(seed), DTYPE)
         h, t = make_data(B, D, d, seed)
         self.h, self.t = backend.asarray(h), backend.asarray(t)
         self.rows = check_rows(t, D)
         self.dh = self.loss = None
 
     def step(self):
-        layer = self.layer
+        layer = self.out
         if self.method == "naive":
             self.loss = layer.forward(self.h, self.t)
             self.dh = layer.backward()
@@ -140,7 +140,7 @@ class OutputRunner(harness.EngineRunner):
     def W_rows(self):
         """Rows of W as float64 on the host (factored: V[rows] U + a, from float64 copies)."""
         idx = self.backend.asarray(self.rows)
-        P = self.layer.params
+        P = self.out.params
         if self.method == "naive":
             return self.to_host64(P["W"][idx])
         W = self.to_host64(P["V"][idx]) @ self.to_host64(P["U"])
@@ -153,13 +153,6 @@ class OutputRunner(harness.EngineRunner):
         return {"loss": float(self.loss), "dh": self.to_host64(self.dh),
                 "W_update": self.W_rows() - self.W0_rows}
 
-    def held_arrays(self):
-        return list(self.layer.params.values()) + list(self.layer.grads.values()) + [
-            self.h, self.t, self.dh]
-
-    def close(self):
-        self.layer = self.h = self.t = self.dh = None
-
 
 def initial_W(D, d, seed):
     """W0 (D, d) float32 as both layers draw it at bind with default_rng(seed)."""
@@ -168,7 +161,7 @@ def initial_W(D, d, seed):
 
 
 def build_runner(p, backend):
-    return OutputRunner(p["method"], backend, p["B"], p["D"], p["d"], p["loss"], p["seed"])
+    return LayerStep(p["method"], backend, p["B"], p["D"], p["d"], p["loss"], p["seed"])
 
 
 def run_config(B, D, d, args, backend, device, env):
@@ -203,18 +196,10 @@ def run_config(B, D, d, args, backend, device, env):
             list(METHODS), lambda m: build_runner(payload(m), backend), reference_for, CHECK_TOLERANCES, args, env,
             label=f"D={D} d={d} B={B}", payload=payload, script=os.path.abspath(__file__),
             repeats={"naive": args.repeats, "factored": max(args.repeats, 5)})
+    row.update(harness.combined_fields(res, METHODS))
     for m in METHODS:
-        r = res[m]
-        row.update({f"{m}_{k}": r[k] for k in ("check", "check_error", "check_errors", "ms_min",
-                                               "resident_bytes", "peak_bytes", "peak_method",
-                                               "peak_bytes_tracemalloc", "repeats")})
-        row[f"{m}_ms"] = r["ms"]
-        row[f"{m}_loss"] = r.get("loss")          # its first-step loss (float32)
-    checks = [res[m]["check"] for m in METHODS]
-    row["check"] = "failed" if "failed" in checks else ("ok" if checks == ["ok", "ok"] else "skipped")
-    row["check_ok"] = {"ok": True, "failed": False}.get(row["check"])
-    row["check_error"] = max((res[m]["check_error"] for m in METHODS
-                              if res[m]["check_error"] is not None), default=None)
+        row[f"{m}_ms"] = res[m]["ms"]
+        row[f"{m}_loss"] = res[m].get("loss")          # its first-step loss (float32)
     row["check_tolerances"] = dict(CHECK_TOLERANCES)
     row["reference_loss"] = cache["ref"].values["loss"] if "ref" in cache else None
     if "naive" in values and "factored" in values:
@@ -228,8 +213,8 @@ def run_config(B, D, d, args, backend, device, env):
         # the periodic monitors, timed apart on a fresh factored layer (O(D d p) probe, O(D d^2) exact)
         fact = build_runner(payload("factored"), backend)
         fact.step()
-        tm = bc.time_fn(lambda: fact.layer.run_checks(), backend, repeats=1, warmup=0)
-        tx = bc.time_fn(lambda: fact.layer.run_checks(exact=True), backend, repeats=1, warmup=0)
+        tm = bc.time_fn(lambda: fact.out.run_checks(), backend, repeats=1, warmup=0)
+        tx = bc.time_fn(lambda: fact.out.run_checks(exact=True), backend, repeats=1, warmup=0)
         every = default_check_every(D, d, B)
         row.update(monitor_ms=tm.median_ms, monitor_exact_ms=tx.median_ms, check_every=every,
                    amortised_factored_ms=(row["factored_ms"] + tm.median_ms / every
@@ -243,12 +228,8 @@ def run_config(B, D, d, args, backend, device, env):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args._child is not None:
-        return harness.child_main(args._child, build_runner)
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
-    env = dict(backend=backend, device=device, torch=None)
+    args, env = harness.start(build_parser(), argv, build_runner)
+    backend, device, device_name = env["backend"], env["device"], env["device_name"]
     print(f"[bench] device: {device_name}; loss {args.loss}; float32; BLAS threads "
           f"{args.threads or 'default'} (both sides)", flush=True)
     rows = [run_config(B, D, d, args, backend, device, env) for B, D, d in grid(args, device)]

@@ -320,18 +320,14 @@ def paper_table(args, backend, device):
 
 # ------------------------------------------------------------------ main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args._child is not None:
-        return harness.child_main(args._child, build_runner)
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
+    args, env = harness.start(build_parser(), argv, build_runner)
+    backend, device, device_name = env["backend"], env["device"], env["device_name"]
     if device == "cpu" and args.threads:
         import numba
         numba.set_num_threads(args.threads)
     bw, bw_how = bandwidth(args, backend, device, device_name)
     print(f"[bench] device: {device_name}; float32; bandwidth {bw / 1e9:.1f} GB/s ({bw_how})",
           flush=True)
-    env = dict(backend=backend, device=device, torch=None)
     rows = []
     for L, I, k, B, methods in grid(args, device):
         for row in run_shape(L, I, k, B, methods, args, env, bw):

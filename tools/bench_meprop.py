@@ -202,15 +202,7 @@ def run_row(backend, device, h, B, k, mode, args, env):
                dense_backward_ms=d.get("backward_ms"), meprop_backward_ms=s.get("backward_ms"),
                select_ms=s.get("select_ms"), dense_step_ms=d["ms"], meprop_step_ms=s["ms"],
                forward_ms=d.get("forward_ms"))
-    for m in METHODS:
-        row.update({f"{m}_{key}": res[m][key] for key in (
-            "check", "check_error", "check_errors", "check_tolerances", "resident_bytes",
-            "peak_bytes", "peak_method", "peak_bytes_tracemalloc")})
-    checks = [d["check"], s["check"]]
-    row["check"] = "failed" if "failed" in checks else ("ok" if checks == ["ok", "ok"] else "skipped")
-    row["check_ok"] = {"ok": True, "failed": False}.get(row["check"])
-    row["check_error"] = max((r["check_error"] for r in (d, s) if r["check_error"] is not None),
-                             default=None)
+    row.update(harness.combined_fields(res, METHODS))
     ratio = lambda a, b: row[a] / row[b] if row[a] and row[b] else None    # noqa: E731
     row["backward_speedup"] = ratio("dense_backward_ms", "meprop_backward_ms")
     row["step_speedup"] = ratio("dense_step_ms", "meprop_step_ms")
@@ -228,11 +220,8 @@ def run_row(backend, device, h, B, k, mode, args, env):
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args._child is not None:
-        return harness.child_main(args._child, build_runner)
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
+    args, env = harness.start(build_parser(), argv, build_runner)
+    backend, device, device_name = env["backend"], env["device"], env["device_name"]
     if args.tiny:
         h, B, ks = 64, 32, [4, 16]
     elif args.quick:
@@ -245,7 +234,6 @@ def main(argv=None):
         B = args.batch
     print(f"[bench] device: {device_name}; float32; h={h}, batch {B}; numba threads "
           f"{os.environ.get('NUMBA_NUM_THREADS', 'default')}", flush=True)
-    env = dict(backend=backend, device=device, torch=None)
     rows = [run_row(backend, device, h, B, k, mode, args, env) for mode in args.modes for k in ks]
     if args.json:
         print(f"[bench] wrote {bc.write_json(args.json, rows)}", flush=True)

@@ -146,7 +146,7 @@ def build_runner(p, backend, torch=None, torch_device=None):
     return OursSoftmax(p["method"], backend, p["d"], p["D"], h, t, p["C"], p["lr"], p["seed"], rows)
 
 
-class OursSoftmax(harness.EngineRunner):
+class OursSoftmax(harness.OutputRunner):
     """Our SoftmaxOutput driven through one SGD step per `step()` call."""
 
     def __init__(self, method, backend, d, D, h, t, chunk, lr, seed, rows):
@@ -187,14 +187,6 @@ class OursSoftmax(harness.EngineRunner):
         return {"loss": float(self.loss), "dh": self.to_host64(self.dh),
                 "W_update": self.to_host64(self.out.params["W"][idx]) - W0_rows,
                 "b_update": self.to_host64(self.out.params["b"])}          # b starts at 0
-
-    def held_arrays(self):
-        return list(self.out.params.values()) + list(self.out.grads.values()) + [self.h, self.t,
-                                                                                 self.dh]
-
-    def close(self):
-        self.out = self.h = self.t = self.dh = None
-
 
 class TorchSoftmax(harness.TorchRunner):
     """PyTorch's F.linear + F.cross_entropy + backward + in-place SGD, one step per call."""
@@ -360,11 +352,8 @@ TABLE_COLUMNS = [
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args._child is not None:
-        return harness.child_main(args._child, build_runner)
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
+    args, env = harness.start(build_parser(), argv, build_runner)
+    backend, device, device_name = env["backend"], env["device"], env["device_name"]
     print(f"[bench] device: {device_name}", flush=True)
 
     torch, tdev, torch_note = (None, None, "PyTorch left out (--no-torch)")
@@ -386,8 +375,7 @@ def main(argv=None):
     print("[bench] peak float32 matmul rate (n=%d): %s" % (
         n, ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items())), flush=True)
 
-    env = dict(backend=backend, device=device, device_name=device_name, torch=torch,
-               torch_device=tdev, torch_note=torch_note, peak_rate=peak_rate)
+    env.update(torch=torch, torch_device=tdev, torch_note=torch_note, peak_rate=peak_rate)
     rows = []
     for B, D, d in make_grid(args, device):
         rows.extend(run_config(B, D, d, args, env))
