@@ -48,6 +48,11 @@ import _bench_memory as bm
 
 
 # ---------------------------------------------------------------------------- runners
+def spread_rows(n, count=8):
+    """Up to `count` distinct indices in [0, n) that include both ends and are spread between them."""
+    return numpy.unique(numpy.linspace(0, n - 1, min(n, count)).round().astype(numpy.int64))
+
+
 def nbytes(array):
     """Bytes of a NumPy/CuPy array or a PyTorch tensor (0 for None)."""
     if array is None:
@@ -110,6 +115,18 @@ class EngineRunner(Runner):
 
     def to_host64(self, array):
         return numpy.array(self.backend.to_host(array), dtype=numpy.float64)
+
+    def _column_blocks(self, a):
+        step = max(1, (8 << 20) // max(1, a.shape[0]))        # about 64 MiB of float64
+        return [(s, min(a.shape[1], s + step)) for s in range(0, a.shape[1], step)]
+
+    def host_matvec(self, a, v):
+        """a @ v (m,) in float64 on the host for a device matrix a (m, n), by column blocks."""
+        return sum(self.to_host64(a[:, s:e]) @ v[s:e] for s, e in self._column_blocks(a))
+
+    def host_vecmat(self, r, a):
+        """r @ a (n,) in float64 on the host for a device matrix a (m, n), by column blocks."""
+        return numpy.concatenate([r @ self.to_host64(a[:, s:e]) for s, e in self._column_blocks(a)])
 
     def meters(self, rss=False):
         if self.backend.device == "gpu":

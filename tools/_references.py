@@ -11,12 +11,14 @@ returns float64 arrays of that module; inputs may be float32. Shapes:
   dense_output_sgd_step  O = h W^T (B, D) with the squared error ||o - y||^2 or the spherical
                        softmax -log((o_t^2 + eps) / (||o||^2 + D eps)), mean over B
   ffi_step             fixed fan-in layer y[b, l] = sum_j w[l, j] x[b, idx[l, j]] + bias[l]
-  linear_step          y = x W^T + b and its gradients (dense baselines)
+  linear_step          y = x W^T + b and its gradients (dense baselines, meProp's masked ones)
+  sketch_vectors       random vectors whose products with y, dx, dW cover every entry cheaply
   topk_mask            meProp's selections (per row, or one set of columns for the batch)
 
 "sgd step" functions return the loss, dh and the parameter updates -lr * gradient (the methods
 report W1 - W0, so the update is what is compared), over the listed `rows` of big matrices
-only. The B x D products are done in blocks of about 64 MiB.
+only. The B x D products are done in blocks of about 64 MiB; a big W may stay on the host
+(NumPy) while xp is CuPy: each block goes to the device in turn.
 """
 from __future__ import annotations
 
@@ -155,11 +157,12 @@ def dense_output_sgd_step(xp, W, h, t, lr, loss, rows, eps=1e-3):
     rows = numpy.asarray(rows, dtype=numpy.int64)
     B, D = h.shape[0], W.shape[0]
     ar = xp.arange(B)
-    q = xp.zeros(B)
+    q, oc = xp.zeros(B), xp.zeros(B)
     for s, e in _blocks(D, B):
         O = h @ _f8(xp, W[s:e]).T
         q += (O * O).sum(axis=1)
-    oc = (h * _f8(xp, W[t])).sum(axis=1)
+        inside = (t >= s) & (t < e)
+        oc += xp.where(inside, O[ar, xp.clip(t - s, 0, e - s - 1)], 0.0)
     if loss == "squared":
         per_row = q - 2.0 * oc + 1.0
         g_q, g_c = xp.ones(B), -2.0 * xp.ones(B)
@@ -185,42 +188,75 @@ def dense_output_sgd_step(xp, W, h, t, lr, loss, rows, eps=1e-3):
 
 
 # ---------------------------------------------------------------------------- FFI and linear
-def ffi_step(w, idx, bias, x, dy, batch_rows, label_rows):
+def sketch_vectors(B, O, I, seed=0):
+    """Random +-1 vectors r (B,), s (O,), v (I,) for the sketches of the layer checks: y s (B,)
+    and r^T dx (I,) involve every row and column of y and dx, and dW v (O,) every row of dW, at
+    the cost of one pass; a wrong entry anywhere moves them (relative size about 1 / sqrt(n))."""
+    rng = numpy.random.default_rng([seed, 12345])
+    return tuple(rng.choice([-1.0, 1.0], size=n) for n in (B, O, I))
+
+
+def ffi_step(w, idx, bias, x, dy, batch_rows, label_rows, sketch=None):
     """Fixed fan-in forward and backward on the host, on subsets: y and dx for `batch_rows`,
-    dw for `label_rows` (all batch rows), dbias for every label.
+    dw for `label_rows` (all batch rows), dbias for every label, and with `sketch` = (r, s, v)
+    the sketches y_sketch = y s and dx_sketch = r^T dx over the whole batch.
     w, idx (L, K); bias (L,) or None; x (B, I); dy (B, L)."""
     w = numpy.asarray(w, dtype=F8)
     idx = numpy.asarray(idx, dtype=numpy.int64)
-    L, I = w.shape[0], x.shape[1]
+    I = x.shape[1]
+
+    def times_w(c_l):         # c (L,) -> c^T W (I,): W's entries scattered by their indices
+        return numpy.bincount(idx.reshape(-1), weights=(c_l[:, None] * w).reshape(-1), minlength=I)
+
+    bias64 = numpy.zeros(w.shape[0]) if bias is None else numpy.asarray(bias, F8)
     y, dx = [], []
     for b in batch_rows:
-        xb = numpy.asarray(x[b], dtype=F8)
-        y.append((xb[idx] * w).sum(axis=1) + (0.0 if bias is None else numpy.asarray(bias, F8)))
-        contrib = numpy.asarray(dy[b], dtype=F8)[:, None] * w
-        dx.append(numpy.bincount(idx.reshape(-1), weights=contrib.reshape(-1), minlength=I))
+        y.append((numpy.asarray(x[b], dtype=F8)[idx] * w).sum(axis=1) + bias64)
+        dx.append(times_w(numpy.asarray(dy[b], dtype=F8)))
     lr = numpy.asarray(label_rows, dtype=numpy.int64)
     xg = numpy.asarray(x, dtype=F8)[:, idx[lr]]                   # (B, n, K)
     dw = (numpy.asarray(dy[:, lr], dtype=F8)[:, :, None] * xg).sum(axis=0)
     out = {"y": numpy.array(y), "dx": numpy.array(dx), "dw": dw}
     if bias is not None:
-        out["dbias"] = numpy.asarray(dy, dtype=F8).sum(axis=0) if L else numpy.zeros(0)
+        out["dbias"] = _column_sums(dy)
+    if sketch is not None:
+        r, s_, _ = sketch
+        out["y_sketch"] = numpy.asarray(x, dtype=F8) @ times_w(s_) + bias64 @ s_
+        out["dx_sketch"] = times_w(_left_product(r, dy))
     return out
 
 
-def linear_step(W, b, x, dy, batch_rows, label_rows, mask=None):
+def linear_step(W, b, x, dy, batch_rows, label_rows, mask=None, sketch=None):
     """y = x W^T + b, dW = dy~^T x, db = sum_b dy, dx = dy~ W on the host, on subsets (as
-    ffi_step), with dy~ = dy * mask (meProp; mask None: dy itself). W (O, I), x (B, I), dy (B, O)."""
+    ffi_step), with dy~ = dy * mask (meProp; mask None: dy itself); with `sketch` = (r, s, v)
+    also y_sketch = y s, dx_sketch = r^T dx and dW_sketch = dW v. W (O, I), x (B, I), dy (B, O)."""
     dy64 = numpy.asarray(dy, dtype=F8)
     dyt = dy64 if mask is None else dy64 * mask
     br = numpy.asarray(batch_rows, dtype=numpy.int64)
     lr = numpy.asarray(label_rows, dtype=numpy.int64)
-    x64 = numpy.asarray(x, dtype=F8)
-    out = {"y": x64[br] @ numpy.asarray(W, F8).T + (0.0 if b is None else numpy.asarray(b, F8)),
-           "dx": dyt[br] @ numpy.asarray(W, F8),
-           "dW": dyt[:, lr].T @ x64}
+    x64, W64 = numpy.asarray(x, dtype=F8), numpy.asarray(W, dtype=F8)
+    b64 = 0.0 if b is None else numpy.asarray(b, F8)
+    out = {"y": x64[br] @ W64.T + b64, "dx": dyt[br] @ W64, "dW": dyt[:, lr].T @ x64}
     if b is not None:
         out["db"] = dy64.sum(axis=0)
+    if sketch is not None:
+        r, s_, v = sketch
+        out["y_sketch"] = x64 @ (W64.T @ s_) + (b64 @ s_ if b is not None else 0.0)
+        out["dx_sketch"] = (r @ dyt) @ W64
+        out["dW_sketch"] = dyt.T @ (x64 @ v)
     return out
+
+
+def _column_sums(a, block=4096):
+    """sum over rows of a (B, n) host array in float64, a block of columns at a time."""
+    return numpy.concatenate([numpy.asarray(a[:, s:s + block], dtype=F8).sum(axis=0)
+                              for s in range(0, a.shape[1], block)])
+
+
+def _left_product(r, a, block=4096):
+    """r^T a for a (B, n) host array in float64, a block of columns at a time."""
+    return numpy.concatenate([r @ numpy.asarray(a[:, s:s + block], dtype=F8)
+                              for s in range(0, a.shape[1], block)])
 
 
 def _top_rows(a, k):

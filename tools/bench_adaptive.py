@@ -202,7 +202,7 @@ def reference(runner, shape, h, t, backend, seed):
     if runner.method == "ours-full":
         from engine.outputs import SoftmaxOutput
         W0 = SoftmaxOutput(shape["d"], shape["vocab"]).init_params(numpy.random.default_rng(seed))["W"]
-        W0 = backend.asarray(W0.astype(DTYPE))
+        W0 = W0.astype(DTYPE)                  # on the host: the reference moves it block by block
         ref = refs.softmax_sgd_step(xp, W0, xp.zeros(shape["vocab"], dtype=DTYPE), backend.asarray(h),
                                     backend.asarray(t), LR, runner.rows)
         initial = runner.initial

@@ -183,7 +183,7 @@ def run_config(B, D, d, args, backend, device, env):
             xp = backend.xp
             h, t = make_data(B, D, d, args.seed)
             W0 = initial_W(D, d, args.seed)
-            ref = refs.dense_output_sgd_step(xp, backend.asarray(W0), backend.asarray(h),
+            ref = refs.dense_output_sgd_step(xp, W0, backend.asarray(h),
                                              backend.asarray(t), LR, args.loss, runner.rows)
             ref = {k: (v if isinstance(v, float) else numpy.asarray(backend.to_host(v)))
                    for k, v in ref.items()}

@@ -11,8 +11,9 @@ of one step (step_peak_bytes, tools/_bench_harness.py); "computed": from the sha
 and floor_ratio (FFI rows), check / check_error (below).
 
 Before timing, every method's first forward + backward is compared with the float64 reference
-(tools/_references.py): y and dx for 4 batch rows, the weight gradient for 64 labels, the bias
-gradient of every label, relative to each quantity's largest entry (CHECK_TOLERANCES). A method
+(tools/_references.py): y and dx for 8 batch rows, the weight gradient for 64 labels, the bias
+gradient of every label, and the sketches y s and r^T dx (random +-1 vectors: every entry of y
+and dx counts), relative to each quantity's largest entry (CHECK_TOLERANCES). A method
 that disagrees is not timed, and the script exits with status 1. The methods of one shape are
 timed round-robin (medians).
 
@@ -55,8 +56,12 @@ PAPER = dict(labels=670_091, input=32_768, embed=768, k=32, batch=32, paper_gib=
 BANDWIDTHS = {"H200": 4.8e12, "H100": 3.35e12}
 METHODS = ("ffi-kernel", "ffi-cusparse", "dense")
 #: float32 first step vs the float64 reference, relative to each quantity's largest entry
-CHECK_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dw": 1e-4, "dbias": 1e-4}
-DENSE_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dW": 1e-4, "db": 1e-4}
+#: (y and dx on 8 batch rows, dw on 64 labels, dbias on all; the sketches y s and r^T dx cover
+#: every row and column of y and dx: tools/_references.sketch_vectors)
+CHECK_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dw": 1e-4, "dbias": 1e-4, "y_sketch": 1e-4,
+                    "dx_sketch": 1e-4}
+DENSE_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dW": 1e-4, "db": 1e-4, "y_sketch": 1e-4,
+                    "dx_sketch": 1e-4}
 
 
 def build_parser():
@@ -137,9 +142,10 @@ class LayerRunner(harness.EngineRunner):
                                           else "cusparse").bind(backend, rng, DTYPE)
         self.x = backend.asarray(numpy.maximum(rng.standard_normal((B, I)), 0).astype(DTYPE))
         self.dy = backend.asarray(rng.standard_normal((B, L)).astype(DTYPE) * 1e-3)
-        self.batch_rows = numpy.arange(min(B, 4))
-        self.label_rows = numpy.unique(numpy.concatenate(
-            [numpy.arange(min(L, 32)), numpy.linspace(0, L - 1, 32).astype(numpy.int64)]))
+        self.batch_rows = harness.spread_rows(B)
+        self.label_rows = numpy.unique(numpy.concatenate([numpy.arange(min(L, 32)),
+                                                          harness.spread_rows(L, 32)]))
+        self.sketch = refs.sketch_vectors(B, L, I, seed)
         self.y = self.dx = None
 
     def step(self):
@@ -151,7 +157,9 @@ class LayerRunner(harness.EngineRunner):
         self.sync()
         be, g = self.backend, self.layer.grads
         br, lr = be.asarray(self.batch_rows), be.asarray(self.label_rows)
-        values = {"y": self.to_host64(self.y[br]), "dx": self.to_host64(self.dx[br])}
+        r, s, _ = self.sketch
+        values = {"y": self.to_host64(self.y[br]), "dx": self.to_host64(self.dx[br]),
+                  "y_sketch": self.host_matvec(self.y, s), "dx_sketch": self.host_vecmat(r, self.dx)}
         if self.method == "dense":
             values.update(dW=self.to_host64(g["W"][lr]), db=self.to_host64(g["b"]))
         else:
@@ -163,10 +171,12 @@ class LayerRunner(harness.EngineRunner):
         x, dy = be.to_host(self.x), be.to_host(self.dy)
         if self.method == "dense":
             ref = refs.linear_step(be.to_host(P["W"]), be.to_host(P["b"]), x, dy, self.batch_rows,
-                                   self.label_rows)
+                                   self.label_rows, sketch=self.sketch)
+            ref.pop("dW_sketch")
         else:
             ref = refs.ffi_step(be.to_host(P["weights"]), be.to_host(self.layer.indices),
-                                be.to_host(P["bias"]), x, dy, self.batch_rows, self.label_rows)
+                                be.to_host(P["bias"]), x, dy, self.batch_rows, self.label_rows,
+                                sketch=self.sketch)
         return harness.Reference(ref)
 
     def held_arrays(self):

@@ -12,8 +12,9 @@ backward, meProp backward, select, dense step, meProp step, forward, then again)
 reported. `amdahl` = dense step / forward: the best a step can gain when only the backward and
 the update shrink (the forward is unchanged). `select ms` is the top-k selection alone (part of
 the meProp backward). Before timing, each layer's first step is checked against the float64
-reference (tools/_references.py): y, dx for some batch rows, dW for some rows (those the
-reference selects among them), db; meProp's against the masked dense products dy~ = dy * mask,
+reference (tools/_references.py): y, dx for 8 batch rows, dW for some rows (with those the
+reference selects in these batch rows), db, and the sketches y s, r^T dx, dW v (random +-1
+vectors: every entry counts); meProp's against the masked dense products dy~ = dy * mask,
 the mask being the true top-k of |dy| (unified: the layer's own columns, after checking that
 they are a top-k of sum_b |dy| to within float32 summation; random: the layer's pattern for
 the step's key). A layer that disagrees is not timed and the script exits with status 1.
@@ -51,7 +52,8 @@ MODES = ["unified", "per-example"]
 METHODS = ("dense", "meprop")
 #: float32 first step vs the float64 reference, relative to each quantity's largest entry;
 #: "selection": how far unified meProp's columns are from a top-k of sum_b |dy| (float32 sums)
-CHECK_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dW": 1e-4, "db": 1e-4, "selection": 1e-5}
+CHECK_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dW": 1e-4, "db": 1e-4, "y_sketch": 1e-4,
+                    "dx_sketch": 1e-4, "dW_sketch": 1e-4, "selection": 1e-5}
 RANDOM_KEY = (0, 0, 0, 0, 1)
 
 
@@ -73,10 +75,11 @@ def make_data(h, B, seed):
 
 
 def check_rows(dy, k, mode):
-    """(batch rows, rows of W) the check compares: 4 batch rows; the first 32 rows of W and
-    the columns the reference selects in those 4 batch rows (at most 64)."""
+    """(batch rows, rows of W) the check compares entry by entry: 8 batch rows from first to
+    last; the first 32 rows of W and the columns the reference selects in those batch rows (at
+    most 64). The sketches cover the rest."""
     B, O = dy.shape
-    batch = numpy.arange(min(B, 4))
+    batch = harness.spread_rows(B)
     picked = numpy.arange(0)
     if mode in ("per-example", "unified"):
         mask, _ = refs.topk_mask(dy, min(k, O), mode)
@@ -95,6 +98,7 @@ class LinearRunner(harness.EngineRunner):
         x, dy = make_data(h, B, seed)
         self.x, self.dy = backend.asarray(x), backend.asarray(dy)
         self.batch_rows, self.W_rows = check_rows(dy, k, mode)
+        self.sketch = refs.sketch_vectors(B, h, h, seed)
         self.opt = SGD(1e-3).bind(backend)
 
     def _update(self):
@@ -139,8 +143,10 @@ class LinearRunner(harness.EngineRunner):
             dx = layer.backward(self.dy)
             g = layer.grads["W"]
         dW = g.to_dense(be) if hasattr(g, "to_dense") else g
+        r, s, v = self.sketch
         values.update(dx=self.to_host64(dx[br]), dW=self.to_host64(dW[wr]),
-                      db=self.to_host64(layer.grads["b"]))
+                      db=self.to_host64(layer.grads["b"]), y_sketch=self.host_matvec(y, s),
+                      dx_sketch=self.host_vecmat(r, dx), dW_sketch=self.host_matvec(dW, v))
         if self.mode == "unified" and self.cfg is not None:
             self.selected = numpy.asarray(be.to_host(g.rows))
         self.initial_W = None
@@ -179,7 +185,8 @@ def reference(runner, p):
             mask[:, runner.selected] = 1.0          # its own columns, once shown to be a top-k
         else:
             mask, _ = refs.topk_mask(dy, p["k"], "per-example")
-    ref = refs.linear_step(W0["W"], W0["b"], x, dy, runner.batch_rows, runner.W_rows, mask)
+    ref = refs.linear_step(W0["W"], W0["b"], x, dy, runner.batch_rows, runner.W_rows, mask,
+                           sketch=runner.sketch)
     return harness.Reference(ref, errors=errors)
 
 

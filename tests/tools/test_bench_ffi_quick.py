@@ -45,8 +45,8 @@ def test_bench_ffi_tiny(tmp_path, capsys):
         assert r["ms"] > 0 and r["peak_kind"] == "measured" and r["timed_with"] == ["ffi-kernel", "dense"]
         assert r["peak_bytes"] == r["resident_bytes"] + r["step_peak_bytes"]
     ffi, dense = timing
-    assert set(ffi["check_errors"]) == {"y", "dx", "dw", "dbias"}
-    assert set(dense["check_errors"]) == {"y", "dx", "dW", "db"}
+    assert set(ffi["check_errors"]) == {"y", "dx", "dw", "dbias", "y_sketch", "dx_sketch"}
+    assert set(dense["check_errors"]) == {"y", "dx", "dW", "db", "y_sketch", "dx_sketch"}
     floor = bench.floor_bytes(3000, 256, 8, 8) / 1e10 * 1e3
     assert math.isclose(ffi["floor_ms"], floor) and math.isclose(ffi["floor_ratio"], ffi["ms"] / floor)
     # held: weights + indices + bias + x + dy
@@ -100,9 +100,12 @@ def test_reference_ffi_step_matches_dense_formula():
     x, dy = rng.standard_normal((B, I)), rng.standard_normal((B, L))
     W = numpy.zeros((L, I))
     numpy.put_along_axis(W, idx, w, axis=1)
-    out = refs.ffi_step(w, idx, bias, x, dy, [0, 2], [1, 5, 8])
+    sketch = refs.sketch_vectors(B, L, I)
+    out = refs.ffi_step(w, idx, bias, x, dy, [0, 2], [1, 5, 8], sketch)
     numpy.testing.assert_allclose(out["y"], (x @ W.T + bias)[[0, 2]], rtol=1e-13)
     numpy.testing.assert_allclose(out["dx"], (dy @ W)[[0, 2]], rtol=1e-13)
     numpy.testing.assert_allclose(out["dw"], numpy.take_along_axis(dy.T @ x, idx, axis=1)[[1, 5, 8]],
                                   rtol=1e-13)
     numpy.testing.assert_allclose(out["dbias"], dy.sum(axis=0), rtol=1e-13)
+    numpy.testing.assert_allclose(out["y_sketch"], (x @ W.T + bias) @ sketch[1], rtol=1e-12)
+    numpy.testing.assert_allclose(out["dx_sketch"], sketch[0] @ (dy @ W), rtol=1e-12)
