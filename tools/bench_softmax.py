@@ -1,7 +1,8 @@
 """Benchmark: our exact softmax output layer against PyTorch, one SGD step, side by side.
 
 Shapes: h (B, d) the last hidden layer, W (D, d) and b (D,) the output layer, targets (B,)
-uniform over the D classes; float32 throughout. One *step* is forward, backward (dh too) and a
+uniform over the D classes (the first rows name the classes at the chunk edges, see make_data);
+float32 throughout. One *step* is forward, backward (dh too) and a
 plain SGD update of W and b:
 
   torch                 F.linear + F.cross_entropy, loss.backward(), then W.add_(W.grad,
@@ -112,11 +113,16 @@ def estimate_bytes(method, B, D, d, C):
     return params + inputs + 2 * B * C * F + 2 * C * d * F + 2 * C * F + small
 
 
-def make_data(B, D, d, seed):
-    """The inputs of a config: h (B, d) standard normal, targets (B,) uniform over D."""
+def make_data(B, D, d, C, seed):
+    """The inputs of a config: h (B, d) standard normal, targets (B,) uniform over D, except that
+    up to B / 2 first rows name the classes at the edges of the chunks of C columns (0, D - 1,
+    C - 1, C, 2C - 1, 2C, ...), so that the check sees every chunk boundary it can."""
     rng = numpy.random.default_rng(seed + 1)
     h = rng.standard_normal((B, d)).astype(DTYPE)
     t = rng.integers(0, D, size=B).astype(numpy.int64)
+    edges = [0, D - 1] + [c for s in range(C, D, C) for c in (s - 1, s)]
+    n = min(len(edges), B // 2)
+    t[:n] = edges[:n]
     return h, t
 
 
@@ -134,7 +140,7 @@ def check_rows(t, D):
 # ---------------------------------------------------------------------------- runners
 def build_runner(p, backend, torch=None, torch_device=None):
     """The runner of payload p = {method, B, D, d, C, lr, seed} (the same in the memory child)."""
-    h, t = make_data(p["B"], p["D"], p["d"], p["seed"])
+    h, t = make_data(p["B"], p["D"], p["d"], p["C"], p["seed"])
     rows = check_rows(t, p["D"])
     if p["method"] == "torch":
         if torch is None:
@@ -239,7 +245,7 @@ def run_config(B, D, d, args, env):
     backend, device, torch = env["backend"], env["device"], env["torch"]
     C = min(args.chunk_size or default_chunk(B, D), D)
     print(f"[bench] B={B} D={D} d={d} chunk={C}", flush=True)
-    h, t = make_data(B, D, d, args.seed)
+    h, t = make_data(B, D, d, C, args.seed)
     rows = check_rows(t, D)
     xp = backend.xp
     W0 = make_W0(D, d, args.seed)              # on the host: the reference moves it block by block
