@@ -319,9 +319,20 @@ def run_methods(methods, build, reference_for, tolerances, args, env, *, label="
             return
         names = [m for m, _r, _b in group]
         fns = {(m, k): (fn, r.sync) for m, r, _b in group for k, fn in r.timed().items()}
-        pick = (lambda v, m: v.get(m, args.repeats) if isinstance(v, dict) else v)
-        timings = bc.time_round_robin(fns, {key: pick(reps, key[0]) for key in fns},
-                                      {key: pick(warm, key[0]) for key in fns})
+        pick = (lambda v, m, default: v.get(m, default) if isinstance(v, dict) else v)
+        try:
+            timings = bc.time_round_robin(fns, {key: pick(reps, key[0], args.repeats) for key in fns},
+                                          {key: pick(warm, key[0], args.warmup) for key in fns})
+        except Exception as exc:
+            if not _is_oom(exc):
+                raise
+            for m, runner, _b in group:
+                results[m]["skipped"] = f"out of memory while timed with {names}"
+                runner.close()
+                say(m, f"skipped ({results[m]['skipped']})")
+            group.clear()
+            bm.release_memory(backend, torch)
+            return
         for (m, k), t in timings.items():
             res = results[m]
             if k == "step":

@@ -371,7 +371,7 @@ def main(argv=None):
     if device == "gpu":
         print(f"[bench] {bc.cupy_tf32_note()}", flush=True)
 
-    n = 1024 if args.tiny else (8192 if device == "gpu" else 2048)
+    n = 256 if args.tiny else (8192 if device == "gpu" else 2048)
     rates = {"engine": bc.matmul_rate(backend, DTYPE, n=n, repeats=3)}
     if torch is not None:
         rates["torch"] = bc.torch_matmul_rate(torch, tdev, n=n, repeats=3)

@@ -14,7 +14,7 @@ import numpy
 import pytest
 
 from toolrun import (adaptive_xent, assert_checked, assert_golden, load_tool, run_tool,
-                     softmax_xent)
+                     softmax_xent, torch_importable)
 
 REQUIRED = ("shape", "vocab", "d", "rows", "device", "method", "ms", "cutoffs", "loss", "check",
             "check_error", "peak_bytes", "resident_bytes")
@@ -24,14 +24,6 @@ GOLDEN_REPRO = {
     "softmax": 6.801518521654229,
     "adaptive": 6.885854357206175,
 }
-
-
-def _torch_importable():
-    try:
-        import torch  # noqa: F401
-        return True
-    except Exception:
-        return False
 
 
 def _reference_losses(bench, cutoffs_of):
@@ -66,7 +58,7 @@ def test_bench_adaptive_tiny(tmp_path, capsys, monkeypatch, use_torch):
         for key in REQUIRED:
             assert key in r, (key, r)
         assert (r["shape"], r["vocab"], r["d"], r["rows"], r["device"]) == ("tiny", 500, 32, 64, "cpu")
-    with_torch = use_torch and _torch_importable()
+    with_torch = use_torch and torch_importable()
     ran = [m for m in bench.METHODS if m != "torch-adaptive" or with_torch]
     if not with_torch:
         t = by["torch-adaptive"]

@@ -12,20 +12,13 @@ import sys
 import numpy
 import pytest
 
-from toolrun import assert_checked, assert_golden, load_tool, logsumexp_rows, run_tool, softmax_xent
+from toolrun import (assert_checked, assert_golden, load_tool, logsumexp_rows, run_tool,
+                     softmax_xent, torch_importable)
 
 REQUIRED = ("B", "D", "d", "device", "method", "ms", "peak_bytes", "resident_bytes", "floor_ms",
             "chunk_size", "loss", "reference_loss", "check", "check_error", "timed_with")
 # float64 loss of the first step, B=8 D=100 d=16 seed 0 (update: see toolrun.py)
 GOLDEN_TINY = {"reference_loss": 4.573219211351019}
-
-
-def _torch_importable():
-    try:
-        import torch  # noqa: F401
-        return True
-    except Exception:
-        return False
 
 
 def _reference_loss(bench):
@@ -43,7 +36,7 @@ def test_bench_softmax_tiny(tmp_path, capsys, monkeypatch, use_torch):
         monkeypatch.setitem(sys.modules, "torch", None)      # `import torch` raises ImportError
     rows, printed = run_tool(bench, argv, tmp_path, capsys)
     expected = ["ours", "ours-chunked-unfused", "ours-chunked"]
-    if use_torch and _torch_importable():
+    if use_torch and torch_importable():
         expected = ["torch"] + expected
     else:
         assert "NOTE: no PyTorch rows" in printed
@@ -123,7 +116,7 @@ def test_default_chunk_rule():
     assert bench.default_chunk(8, 100) == 25
 
 
-def test_reference_step_matches_numpy_formula():
+def test_reference_step_matches_numpy_formula(monkeypatch):
     """tools/_references.softmax_sgd_step against the plain formula here, blocks included."""
     refs = load_tool("_references")
     rng = numpy.random.default_rng(3)
@@ -131,7 +124,7 @@ def test_reference_step_matches_numpy_formula():
     W, b = rng.standard_normal((D, d)), rng.standard_normal(D)
     h, t = rng.standard_normal((B, d)), rng.integers(0, D, B)
     rows = numpy.array([0, 3, t[0], D - 1])
-    refs.BLOCK_BYTES = 8 * B * 10                               # blocks of 10 classes
+    monkeypatch.setattr(refs, "BLOCK_BYTES", 8 * B * 10)        # blocks of 10 classes
     out = refs.softmax_sgd_step(numpy, W, b, h, t, lr, rows)
     z = h @ W.T + b
     P = numpy.exp(z - logsumexp_rows(z)[:, None])

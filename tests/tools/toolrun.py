@@ -29,10 +29,20 @@ def load_tool(name):
     """tools/<name>.py as a fresh module (tools/ on sys.path for its helper modules)."""
     if TOOLS not in sys.path:
         sys.path.insert(0, TOOLS)
+    if name.startswith("_"):             # helper modules: the one copy the scripts use too
+        return importlib.import_module(name)
     spec = importlib.util.spec_from_file_location(name, os.path.join(TOOLS, f"{name}.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def torch_importable():
+    try:
+        import torch  # noqa: F401
+        return True
+    except Exception:        # ImportError, or a broken install
+        return False
 
 
 def run_tool(module, argv, tmp_path, capsys, status=0):
