@@ -15,7 +15,9 @@ weights). Before timing, every method's first step is compared with the float64 
 tolerances in CHECK_TOLERANCES); a method that disagrees is not timed, its row says check
 "failed" and the script exits with status 1. Memory: bytes held between steps and the peak
 growth of one step (tools/_bench_harness.py). The 1bw exact softmax is ~6 TFLOP a step:
-on the CPU it is timed once (1 call, no warm-up) and can be left out with --skip-full.
+on the CPU it is timed once (1 call, no warm-up), yet the row costs about six such steps (its
+checked first step, the float64 reference at twice the cost, the timed step, and the memory
+process's warm-up and measured steps; --memory inproc saves two); --skip-full leaves it out.
 PyTorch on the CPU runs with as many threads as NumPy's BLAS (OPENBLAS_NUM_THREADS or
 OMP_NUM_THREADS when set, else every core), printed in the header. Timed steps are interleaved
 round-robin across the methods (median per method), so load changes hit every method alike.

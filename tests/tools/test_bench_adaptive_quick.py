@@ -18,7 +18,8 @@ from toolrun import (adaptive_xent, assert_checked, assert_golden, load_tool, ru
 
 REQUIRED = ("shape", "vocab", "d", "rows", "device", "method", "ms", "cutoffs", "loss", "check",
             "check_error", "peak_bytes", "resident_bytes")
-# update: see toolrun.py
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
 GOLDEN_BENCH = {"ours-adaptive": 5.518261543854442, "ours-full": 6.455687913410668}
 GOLDEN_REPRO = {
     "softmax": 6.801518521654229,

@@ -16,7 +16,9 @@ from toolrun import assert_checked, assert_golden, load_tool, run_tool
 REQUIRED = ("D", "d", "B", "device", "naive_ms", "factored_ms", "speedup", "theory", "check",
             "check_error", "naive_loss", "factored_loss", "reference_loss", "naive_peak_bytes",
             "factored_resident_bytes")
-# float64 first-step losses, seed 0 (update: see toolrun.py)
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
+# float64 first-step losses, seed 0
 GOLDEN = {"squared D=2000": 39.16011323940242, "squared D=4000": 77.69867869465624,
           "spherical D=2000": 7.6674268992669745, "spherical D=4000": 9.375660902268812}
 

@@ -13,7 +13,9 @@ from toolrun import assert_checked, assert_golden, load_tool, run_tool
 
 REQUIRED = ("labels", "input", "k", "batch", "device", "method", "ms", "peak_bytes",
             "resident_bytes", "step_peak_bytes", "check", "check_error")
-# the paper table's computed components at the tiny shape, bytes (update: see toolrun.py)
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
+# the paper table's computed components at the tiny shape, bytes
 GOLDEN_PAPER = {
     "intermediate params (E x I + b)": 33280,
     "intermediate grads": 33280,
@@ -30,7 +32,7 @@ GOLDEN_PAPER = {
 }
 
 
-def test_bench_ffi_tiny(tmp_path, capsys):
+def test_bench_ffi_tiny_golden(tmp_path, capsys):
     bench = load_tool("bench_ffi")
     rows, printed = run_tool(bench, ["--device", "cpu", "--tiny", "--bandwidth", "1e10",
                                      "--memory", "inproc"], tmp_path, capsys)

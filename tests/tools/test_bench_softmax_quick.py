@@ -17,7 +17,9 @@ from toolrun import (assert_checked, assert_golden, load_tool, logsumexp_rows, r
 
 REQUIRED = ("B", "D", "d", "device", "method", "ms", "peak_bytes", "resident_bytes", "floor_ms",
             "chunk_size", "loss", "reference_loss", "check", "check_error", "timed_with")
-# float64 loss of the first step, B=8 D=100 d=16 seed 0 (update: see toolrun.py)
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
+# float64 loss of the first step, B=8 D=100 d=16 seed 0
 GOLDEN_TINY = {"reference_loss": 4.573219211351019}
 
 

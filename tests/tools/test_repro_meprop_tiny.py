@@ -7,7 +7,9 @@ a change of initialisation, data order, the meProp selection or the random-k str
 """
 from toolrun import assert_golden, load_tool, run_tool
 
-# per setting: the epoch's mean training loss, test and best valid accuracy (update: see toolrun.py)
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
+# per setting: the epoch's mean training loss, test and best valid accuracy
 GOLDEN = {
     "baseline train_loss": 2.2352495702189077,
     "baseline test_accuracy": 0.46,

@@ -6,7 +6,8 @@ steps the tiny corpus gives: the row, the printed comparison, and the golden flo
 from toolrun import assert_golden, load_tool, run_tool
 
 TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
-# update: see toolrun.py
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
 GOLDEN = {
     "valid_perplexity": 5.423830572853188,
     "test_perplexity": 5.423830572853188,

@@ -11,7 +11,9 @@ from engine.cli import main as engine_main
 from toolrun import assert_golden, load_tool, run_tool
 
 TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 30
-# per output: the epoch's mean training loss and the test perplexity (update: see toolrun.py)
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
+# per output: the epoch's mean training loss and the test perplexity
 GOLDEN = {
     "factored-spherical train_loss": 2.228161767920281,
     "factored-spherical test_perplexity": 6.900494763705259,

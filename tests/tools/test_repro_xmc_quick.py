@@ -8,7 +8,9 @@ from engine.data.xmc_synthetic import write_synthetic_xmc
 from toolrun import assert_golden, load_tool, run_tool
 
 METRICS = ("p@1", "p@3", "p@5", "psp@5", "ndcg@5")
-# per configuration: training and test loss, P@k, PSP@5, nDCG@5 (update: see toolrun.py)
+# To update on purpose: ENGINE_UPDATE_GOLDEN=1 python -m pytest tests/tools -k golden -s prints
+# the new dicts; paste them here.
+# per configuration: training and test loss, P@k, PSP@5, nDCG@5
 GOLDEN = {
     "dense p@1": 0.03333333333333333,
     "dense p@3": 0.016666666666666666,
@@ -40,7 +42,7 @@ GOLDEN = {
     "most-frequent psp@5": 0.40960638234506713,
     "most-frequent ndcg@5": 0.41888642220367456,
 }
-# the computed Amazon-670K training state, bytes (update: see toolrun.py)
+# the computed Amazon-670K training state, bytes
 GOLDEN_AMAZON = {
     "dense": 8416539568,
     "ffi k=32": 611319600,
