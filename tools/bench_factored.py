@@ -193,8 +193,9 @@ def run_config(B, D, d, args, backend, device, env):
 
     with blas_threads(args.threads, device):
         res = harness.run_methods(
-            list(METHODS), lambda m: build_runner(payload(m), backend), reference_for, CHECK_TOLERANCES, args, env,
-            label=f"D={D} d={d} B={B}", payload=payload, script=os.path.abspath(__file__),
+            list(METHODS), lambda m: build_runner(payload(m), backend), reference_for,
+            CHECK_TOLERANCES, args, env, label=f"D={D} d={d} B={B}", payload=payload,
+            script=os.path.abspath(__file__),
             repeats={"naive": args.repeats, "factored": max(args.repeats, 5)})
     row.update(harness.combined_fields(res, METHODS))
     for m in METHODS:
@@ -240,7 +241,7 @@ def main(argv=None):
                ("factored ms", lambda r: bc.fmt_num(r["factored_ms"], "{:.3f}")),
                ("speedup", lambda r: bc.fmt_num(r["speedup"], "{:.1f}")),
                ("theory D/4d", lambda r: bc.fmt_num(r["theory"], "{:.1f}")),
-               ("ratio", lambda r: bc.fmt_num(None if r["speedup"] is None else r["speedup"] / r["theory"], "{:.2f}")),
+               ("ratio", lambda r: bc.fmt_num(r["speedup"] and r["speedup"] / r["theory"], "{:.2f}")),
                ("naive peak MiB", lambda r: bc.fmt_mib(r.get("naive_peak_bytes"))),
                ("factored peak MiB", lambda r: bc.fmt_mib(r.get("factored_peak_bytes"))),
                ("check", harness.check_cell)]
