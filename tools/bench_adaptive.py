@@ -3,7 +3,7 @@ AdaptiveLogSoftmaxWithLoss with the same cutoffs, on the same device, from the s
 
 One step = forward, backward (including dh) and a plain SGD update of every parameter that got
 a gradient, float32, B rows of h (d wide) with Zipf-distributed targets (p(rank r) ~ 1/r) over
-a frequency-sorted vocabulary of D words. Shapes (PAPERS.md section 2):
+a frequency-sorted vocabulary of D words. Shapes (the paper's, docs/adaptive-softmax.md):
     text8  D = 44,000,  d = 512, B = 2,560, cutoffs 2000,10000
     1bw    D = 793,471, d = 512, B = 2,560, cutoffs 4000,40000,200000
 Methods: ours-full (engine SoftmaxOutput; whole logits at text8, chunked over 16,384 words at

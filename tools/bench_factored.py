@@ -1,4 +1,4 @@
-"""Benchmark: the paper's timing figure (Vincent et al. 2015, Fig. 3 left; PAPERS.md s.1.5).
+"""Benchmark: the paper's timing figure (Vincent et al. 2015, Fig. 3 left; docs/factored.md).
 
 Time per minibatch of the output layer -- forward, backward (dh) and the SGD update of W -- for
   naive     the dense layer over W (D, d): O = H W^T (B, D), the gradient, W -= lr dW

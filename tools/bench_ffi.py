@@ -1,4 +1,4 @@
-"""Benchmark: the fixed fan-in (FFI) layer at the Amazon-670K shape (PAPERS.md section 4).
+"""Benchmark: the fixed fan-in (FFI) layer at the Amazon-670K shape (docs/fixed-fanin.md).
 
 Forward + backward (dy -> dweights, dbias, dx) of a layer from a 32,768-wide input to 670,091
 labels, k in {32, 64}, batch 32..256, float32, for

@@ -1,5 +1,5 @@
 """Benchmark: meProp's backward and training step against the dense ones (Sun et al. 2017,
-Table 7 shape; PAPERS.md section 3).
+Table 7 shape; docs/meprop.md#reported-figures).
 
 One linear layer y = x W^T + b, W (h, h), batch B = 1024, float32, a random output gradient dy:
   dense backward   dW = dy^T x, db = sum dy, dx = dy W          (BLAS / cuBLAS)

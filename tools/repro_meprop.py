@@ -1,4 +1,4 @@
-"""Reproduction: meProp on MNIST (Sun et al. 2017, Table 1 MNIST row and Table 8; PAPERS.md s.3).
+"""Reproduction: meProp on MNIST (Sun et al. 2017, Table 1 MNIST row and Table 8; docs/meprop.md).
 
 MLP 784-500-500-10 (ReLU, softmax output), Adam (lr 1e-3), float32, trained with the engine
 (Engine + MLPClassifier) for --epochs epochs on the 55,000 training images (5,000 held out as
@@ -17,7 +17,7 @@ Our baseline is BLAS (OpenBLAS, or cuBLAS on the GPU), so the speed-ups are expe
 much smaller: the paper's figure measures against a naive baseline.
 
 With --device gpu it also runs the Table 8 setting: hidden 8192 8192, unified, k in
-{8, 512}, batch --big-batch (1024; the paper's batch for Table 8 is not recorded in PAPERS.md:
+{8, 512}, batch --big-batch (1024; the paper's batch for Table 8 is not recorded (docs/meprop.md#reported-figures):
 an assumption), paper: overall backprop 17,696 ms -> 1,501 ms at k = 8 (11.8x), 4,874 ms at
 k = 512 (3.6x).
 

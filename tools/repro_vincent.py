@@ -1,10 +1,10 @@
-"""The MLP language model with the factored output layers of Vincent et al. (PAPERS.md s.1).
+"""The MLP language model with the factored output layers of Vincent et al. (docs/factored.md).
 
 For each corpus (default: the prepared PTB /tmp/data/ptb.h5 and the shipped SOTU corpus
 /tmp/data/sotu.h5, or any `engine prepare` HDF5 given with --data) and each output (default:
 factored-spherical, factored-squared, softmax), trains MLPLanguageModel(context, embed, hidden
 tanh) with Adam on the body; the factored layers take their own exact SGD step with
---factored-lr (PAPERS.md s.1.4: Adam cannot be exact on W = V U). Prints test perplexity and
+--factored-lr (docs/factored.md#why-only-sgd: Adam cannot be exact on W = V U). Prints test perplexity and
 seconds per epoch side by side with the papers' figures.
 
 Perplexity: exact for softmax and for the spherical softmax (p_c = (o_c^2 + eps) / (q + D eps),
@@ -17,7 +17,7 @@ marks it `normalised-outputs`.
     python tools/repro_vincent.py --data /tmp/data/ptb.h5 --epochs 1 --max-steps-per-epoch 500
     python tools/repro_vincent.py --quick                       # about a minute on a CPU
 
-Papers' figures (PAPERS.md s.1.5, secondary source): spherical losses trail log-softmax on PTB,
+Papers' figures (docs/factored.md#reported-figures, secondary source): spherical losses trail log-softmax on PTB,
 perplexity about 147-149 against 126.7.
 """
 from __future__ import annotations

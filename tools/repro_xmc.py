@@ -1,4 +1,4 @@
-"""Reproduce PAPERS.md section 4 (fixed fan-in output layers, Schultheis & Babbar 2023) at the
+"""Reproduce Schultheis & Babbar 2023 (fixed fan-in output layers, docs/fixed-fanin.md) at the
 scale this machine allows: Bibtex and Delicious, dense output vs FFI vs FFI after an intermediate
 layer (P@1/3/5, PSP@k, memory, time per epoch); and the Amazon-670K memory table beside the paper's.
 
@@ -16,7 +16,7 @@ Adam (lr 1e-3, batch 32, as in the paper). Rows:
     most-frequent     every test point gets the k most frequent training labels (a floor)
 Memory columns are measured on the trained model: output = the output layer's weights, bias and
 FFI indices plus its Adam moments (bytes of the arrays the optimizer holds); model = the same for
-every layer. Time = median seconds per training epoch. PAPERS.md gives no Bibtex/Delicious
+every layer. Time = median seconds per training epoch. The paper gives no Bibtex/Delicious
 figures, so there is no paper column in part 1.
 
 Part 2, Amazon-670K shapes (670,091 labels, 768-d input, batch 32, Adam, float32): bytes of the
@@ -55,7 +55,8 @@ DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 MiB = 2.0 ** 20
 GiB = 2.0 ** 30
 
-#: PAPERS.md section 4, Amazon-670K: (P@1, P@3, P@5, peak GPU memory GiB, s/epoch)
+#: the paper's Amazon-670K table (docs/fixed-fanin.md#reported-figures): (P@1, P@3, P@5, peak
+#: GPU memory GiB, s/epoch)
 PAPER_AMAZON = {
     "dense": (47.52, 42.26, 38.28, 13.43, 624),
     "ffi k=32": (37.09, 31.62, 27.56, 0.97, 234),
@@ -264,7 +265,7 @@ def main(argv=None):
                     f"{args.hidden}", _cols(cols), table,
                     notes=["P@k, PSP@k (normalised by the best achievable), nDCG@k in %; MiB = params "
                            "(+FFI indices) + Adam moments, measured on the trained model",
-                           "PAPERS.md gives no Bibtex/Delicious figures; 'most-frequent' is a floor"])
+                           "the paper gives no Bibtex/Delicious figures; 'most-frequent' is a floor"])
     cols2 = ["config", "ours: output GiB", "ours: + intermediate GiB", "paper: peak GiB",
              "paper P@1", "paper s/epoch"]
     print_table("Amazon-670K shape (670,091 labels, 768-d input, batch 32, Adam, float32): "
