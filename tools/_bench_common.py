@@ -1,44 +1,30 @@
-"""Helpers shared by the benchmark scripts of tools/ (bench_*.py).
+"""Options, devices, timing and output shared by the benchmark scripts of tools/ (bench_*.py).
 
-- `make_parser`: the options every script takes (DESIGN.md, verification discipline 5-6):
-  `--device {cpu,gpu,auto}`, `--quick`, `--full`, `--json PATH`, `--repeats`, `--warmup`, `--seed`,
-  and a hidden `--tiny` (an even smaller run, for the tests of the scripts).
+- `make_parser`: the options every script takes: `--device {cpu,gpu,auto}`, `--quick`, `--full`,
+  `--json PATH`, `--repeats`, `--warmup`, `--seed`, `--memory {auto,child,inproc}`, and two
+  hidden ones: `--tiny` (an even smaller run, for the tests of the scripts) and `--_child`
+  (the memory-measurement subprocess, see _bench_harness.py).
 - `resolve_backend`: the engine backend for `--device`, and a line that says which it is.
 - `import_torch`: PyTorch on the same device (float32 matmuls without TF32), or the reason not.
-- `time_fn`: median (and min) wall time of N calls after warm-up, synchronising the device
-  before and after each call so that queued GPU work is counted.
+- `time_fn`: median (and min) wall time of N calls after warm-up; `time_round_robin`: the same
+  for several functions called in turn (one call of each per round), so that a change in the
+  machine's load hits every method alike. Both synchronise the device before and after each
+  timed call, so that queued GPU work is counted.
 - `matmul_rate`: the device's peak float matmul rate (large square product), for compute floors.
-- Peak memory meters, used as context managers around one step; each gives `peak_bytes` (the
-  most bytes in use during the block minus the bytes in use when it began) and `before_bytes`:
-    CupyPeak        CuPy's default memory pool, via a `cupy.cuda.MemoryHook` that records the
-                    pool's used bytes after every allocation (CuPy keeps no peak counter);
-    TorchCudaPeak   torch.cuda.reset_peak_memory_stats / max_memory_allocated;
-    RssPeak         the process's peak resident set (VmHWM, reset through /proc/self/clear_refs)
-                    over its resident set at the start. Run it in a fresh process started by
-                    `run_child`, with glibc told (RSS_CHILD_ENV) to give every block of 64 KiB or
-                    more its own mapping, so that a freed buffer leaves the resident set at once
-                    and the high-water mark follows the live bytes. Linux/glibc only; it measures
-                    every allocator (NumPy, PyTorch, BLAS scratch) alike, so CPU ratios compare
-                    like with like;
-    TracemallocPeak the bytes NumPy (and Python) report to tracemalloc; no PyTorch allocations.
-- `available_memory`, `release_memory`: what fits, and handing cached blocks back between runs.
-- `run_child`, `child_reply`: run one measurement in a fresh process and read its result.
 - `print_table`, `write_json`: the table every script prints last, and its rows as JSON.
 
-Dimension letters are the calling script's (bench_softmax: B batch, d features, D classes).
+The check / time / measure-memory flow itself is in _bench_harness.py, the memory meters in
+_bench_memory.py. Dimension letters are the calling script's.
 """
 from __future__ import annotations
 
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
+
 import argparse
-import ctypes
-import ctypes.util
-import functools
-import gc
 import json
 import math
 import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -48,8 +34,10 @@ MiB = float(2 ** 20)
 
 
 # ---------------------------------------------------------------------------- options
-def make_parser(description: str, default_repeats_cpu: int = 3, default_repeats_gpu: int = 10):
-    """An ArgumentParser with the options shared by every bench script."""
+def make_parser(description: str, default_repeats_cpu: int = 3, default_repeats_gpu: int = 10,
+                measures_memory: bool = True):
+    """An ArgumentParser with the options shared by every bench script (`measures_memory`:
+    also --memory and the memory subprocess's --_child)."""
     p = argparse.ArgumentParser(description=description,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto",
@@ -66,9 +54,20 @@ def make_parser(description: str, default_repeats_cpu: int = 3, default_repeats_
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed calls before timing (default 1 on the CPU, 2 on the GPU)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random data and weights")
+    if measures_memory:
+        add_memory_options(p)
     p.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(_repeats_cpu=default_repeats_cpu, _repeats_gpu=default_repeats_gpu)
     return p
+
+
+def add_memory_options(p):
+    p.add_argument("--memory", choices=("auto", "child", "inproc"), default="auto",
+                   help="how the CPU peak memory of a step is measured: child = in a fresh process "
+                        "per method (resident-set high-water mark, every allocator counted), "
+                        "inproc = tracemalloc here (NumPy buffers only, quicker); auto = child "
+                        "where Linux/glibc allow it. The GPU always measures in-process (allocators)")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
 
 
 def finish_args(args, device: str):
@@ -158,6 +157,32 @@ def time_fn(fn, backend=None, sync=None, repeats: int = 5, warmup: int = 1) -> T
     return Timing(times)
 
 
+def time_round_robin(fns, repeats, warmup):
+    """{name: Timing} of several functions timed in turn.
+
+    fns: {name: (fn, sync)}; repeats and warmup: an int, or {name: int} (a function with fewer
+    repeats drops out of the later rounds; 0 warm-up calls is allowed per name). The warm-up
+    calls come first; then each round calls every function still due once, in order, each
+    between two synchronisations of its device."""
+    reps = repeats if isinstance(repeats, dict) else {n: repeats for n in fns}
+    warm = warmup if isinstance(warmup, dict) else {n: warmup for n in fns}
+    for name, (fn, sync) in fns.items():
+        for _ in range(warm.get(name, 0)):
+            fn()
+        sync()
+    times = {name: [] for name in fns}
+    for r in range(max(reps.values(), default=0)):
+        for name, (fn, sync) in fns.items():
+            if r >= reps[name]:
+                continue
+            sync()
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(ts) for name, ts in times.items() if ts}
+
+
 def matmul_rate(backend, dtype=numpy.float32, n: int = 4096, repeats: int = 3) -> float:
     """Best measured rate (flop/s) of an n x n x n product on the backend, in `dtype`."""
     xp = backend.xp
@@ -180,207 +205,6 @@ def torch_matmul_rate(torch, torch_device, n: int = 4096, repeats: int = 3) -> f
                 repeats=repeats, warmup=1)
     del a, b, c
     return 2.0 * n ** 3 / (t.min_ms * 1e-3)
-
-
-# ---------------------------------------------------------------------------- memory
-def release_memory(backend=None, torch=None):
-    """Collect garbage and hand cached device blocks back (CuPy pool, PyTorch cache)."""
-    gc.collect()
-    if backend is not None and backend.device == "gpu":
-        backend.synchronize()
-        backend.xp.get_default_memory_pool().free_all_blocks()
-    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-
-def available_memory(backend) -> int:
-    """Bytes that a run could still allocate: free device memory, or MemAvailable on the CPU."""
-    if backend.device == "gpu":
-        free, _total = backend.xp.cuda.runtime.memGetInfo()
-        pool = backend.xp.get_default_memory_pool()
-        return int(free + pool.free_bytes())
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):
-        return 1 << 62
-
-
-class CupyPeak:
-    """Peak bytes of CuPy's default pool during the `with` block, above its use at the start."""
-
-    def __init__(self, backend):
-        self.cupy = backend.xp
-        self.pool = self.cupy.get_default_memory_pool()
-        self.backend = backend
-        outer = self
-
-        class _Hook(self.cupy.cuda.MemoryHook):
-            name = "bench_peak_bytes"
-
-            def malloc_postprocess(self, **kwargs):
-                outer._peak = max(outer._peak, outer.pool.used_bytes())
-
-        self._hook = _Hook()
-        self.peak_bytes = self.before_bytes = None
-        self.method = "cupy-pool"
-
-    def __enter__(self):
-        self.backend.synchronize()
-        self.before_bytes = int(self.pool.used_bytes())
-        self._peak = self.before_bytes
-        self._hook.__enter__()
-        return self
-
-    def __exit__(self, *exc):
-        self.backend.synchronize()
-        self._hook.__exit__(*exc)
-        self.peak_bytes = int(max(self._peak, self.pool.used_bytes()) - self.before_bytes)
-        return False
-
-
-class TorchCudaPeak:
-    """Peak bytes of PyTorch's CUDA allocator during the block, above its use at the start."""
-
-    def __init__(self, torch):
-        self.torch = torch
-        self.peak_bytes = self.before_bytes = None
-        self.method = "torch-cuda"
-
-    def __enter__(self):
-        self.torch.cuda.synchronize()
-        self.before_bytes = int(self.torch.cuda.memory_allocated())
-        self.torch.cuda.reset_peak_memory_stats()
-        return self
-
-    def __exit__(self, *exc):
-        self.torch.cuda.synchronize()
-        self.peak_bytes = int(self.torch.cuda.max_memory_allocated() - self.before_bytes)
-        return False
-
-
-#: Environment for a child process whose resident set follows its live bytes: glibc serves
-#: every block of 64 KiB or more with its own mmap (and unmaps it on free) from the start, so
-#: no large freed block lingers, resident, in the heap (tunable read by glibc at start-up).
-RSS_CHILD_ENV = {"MALLOC_MMAP_THRESHOLD_": str(64 * 1024)}
-
-
-def _libc():
-    name = ctypes.util.find_library("c") or "libc.so.6"
-    try:
-        libc = ctypes.CDLL(name)
-        libc.malloc_trim  # glibc only
-        return libc
-    except (OSError, AttributeError):
-        return None
-
-
-def _proc_status_bytes(keys=("VmRSS", "VmHWM")):
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key = line.split(":", 1)[0]
-            if key in keys:
-                out[key] = int(line.split()[1]) * 1024
-    return out
-
-
-@functools.lru_cache(maxsize=None)
-def rss_peak_supported():
-    """(True, "") when RssPeak works here (Linux, glibc, a resettable VmHWM), else (False, why)."""
-    if not sys.platform.startswith("linux"):
-        return False, f"not Linux ({sys.platform})"
-    if _libc() is None:
-        return False, "no glibc (malloc_trim)"
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        if "VmHWM" not in _proc_status_bytes():
-            return False, "/proc/self/status has no VmHWM"
-    except OSError as exc:
-        return False, f"cannot reset the peak resident set ({exc})"
-    return True, ""
-
-
-class RssPeak:
-    """Growth of the process's peak resident set during the block, over its value at the start.
-
-    Exact (to the page) only in a process started with RSS_CHILD_ENV (see run_child): there every
-    large buffer is its own mapping, resident from first touch until freed. In a process with
-    glibc's default heap, freed blocks may stay resident and be counted again."""
-
-    def __init__(self):
-        self.libc = _libc()
-        self.peak_bytes = self.before_bytes = None
-        self.method = "rss-hwm"
-
-    def __enter__(self):
-        gc.collect()
-        self.libc.malloc_trim(0)
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        self.before_bytes = _proc_status_bytes()["VmRSS"]
-        return self
-
-    def __exit__(self, *exc):
-        hwm = _proc_status_bytes()["VmHWM"]
-        self.peak_bytes = int(max(0, hwm - self.before_bytes))
-        return False
-
-
-CHILD_MARKER = "BENCH-CHILD-RESULT "
-
-
-def run_child(script, payload: dict, flag="--_child", timeout=None):
-    """Run `python script flag JSON(payload)` in a fresh process with RSS_CHILD_ENV and return
-    the dict it printed with `child_reply` (a clear error with its output when it fails)."""
-    import subprocess
-    env = dict(os.environ, **RSS_CHILD_ENV)
-    proc = subprocess.run([sys.executable, script, flag, json.dumps(payload)], env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                          timeout=timeout)
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(CHILD_MARKER):
-            return json.loads(line[len(CHILD_MARKER):])
-    raise RuntimeError(f"measurement subprocess failed (status {proc.returncode}):\n"
-                       + proc.stdout[-4000:])
-
-
-def child_reply(result: dict):
-    """Print the child's result where run_child finds it."""
-    print(CHILD_MARKER + json.dumps(_jsonable(result)), flush=True)
-
-
-class TracemallocPeak:
-    """Peak bytes traced by tracemalloc (NumPy reports its buffers) during the block."""
-
-    def __init__(self):
-        self.peak_bytes = self.before_bytes = None
-        self.method = "tracemalloc"
-
-    def __enter__(self):
-        import tracemalloc
-        self._tm = tracemalloc
-        self._was_tracing = tracemalloc.is_tracing()
-        if not self._was_tracing:
-            tracemalloc.start()
-        self.before_bytes = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        return self
-
-    def __exit__(self, *exc):
-        _cur, peak = self._tm.get_traced_memory()
-        if not self._was_tracing:
-            self._tm.stop()
-        self.peak_bytes = int(max(0, peak - self.before_bytes))
-        return False
 
 
 # ---------------------------------------------------------------------------- output
@@ -414,11 +238,11 @@ def print_table(title, columns, rows, notes=()):
     print(format_table(columns, rows), flush=True)
 
 
-def _jsonable(x):
+def jsonable(x):
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, numpy.generic):
         return x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -434,7 +258,7 @@ def write_json(path, rows):
     fd, tmp = tempfile.mkstemp(prefix=".bench-", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(_jsonable(list(rows)), f, indent=1)
+            json.dump(jsonable(list(rows)), f, indent=1)
             f.write("\n")
         os.replace(tmp, path)
     except BaseException:

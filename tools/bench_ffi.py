@@ -1,4 +1,4 @@
-"""Benchmark: the fixed fan-in (FFI) layer at the Amazon-670K shape (PAPERS.md section 4).
+"""Benchmark: the fixed fan-in (FFI) layer at the Amazon-670K shape (docs/fixed-fanin.md).
 
 Forward + backward (dy -> dweights, dbias, dx) of a layer from a 32,768-wide input to 670,091
 labels, k in {32, 64}, batch 32..256, float32, for
@@ -6,8 +6,16 @@ labels, k in {32, 64}, batch 32..256, float32, for
   ffi-cusparse  cuSPARSE SpMM over a CSR view of the same storage (GPU only)
   dense         Linear (cuBLAS / BLAS) where W and dW fit; otherwise its memory is computed
 JSON rows: labels, input, k, batch, device, method, ms (median), peak_bytes, peak_kind
-("measured": layer storage + x + dy + the measured peak of the step; "computed": from the
-shapes), floor_ms and floor_ratio (FFI rows).
+("measured": the arrays held (layer storage, x, dy: resident_bytes) + the measured peak growth
+of one step (step_peak_bytes, tools/_bench_harness.py); "computed": from the shapes), floor_ms
+and floor_ratio (FFI rows), check / check_error (below).
+
+Before timing, every method's first forward + backward is compared with the float64 reference
+(tools/_references.py): y and dx for 8 batch rows, the weight gradient for 64 labels, the bias
+gradient of every label, and the sketches y s and r^T dx (random +-1 vectors: every entry of y
+and dx counts), relative to each quantity's largest entry (CHECK_TOLERANCES). A method
+that disagrees is not timed, and the script exits with status 1. The methods of one shape are
+timed round-robin (medians).
 
 Memory-bandwidth floor of one FFI forward + backward, s = 4 bytes (float32), idx int32:
   reads   weights and indices twice (forward, backward): 2 L k (s + 4); bias L s;
@@ -24,7 +32,7 @@ memory reports and the activations, next to the paper's 1.45 GiB, and the peak m
 training steps (CuPy pool on the GPU; tracemalloc on the CPU, which sees NumPy's buffers only).
 
 Options: --device cpu|gpu|auto, --quick (a small shape, a minute on a CPU), --json FILE,
---labels/--input/--k/--batch to override the grid, --bandwidth, --no-paper.
+--labels/--input/--k/--batch to override the grid, --bandwidth, --no-paper, --memory.
 """
 from __future__ import annotations
 
@@ -33,18 +41,27 @@ import sys
 
 import numpy
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import _bench_common as bc  # noqa: E402
-from engine.layers import Linear, ReLU  # noqa: E402
-from engine.layers.fixed_fanin import FixedFanInLinear  # noqa: E402
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
+import _bench_common as bc
+import _bench_harness as harness
+import _bench_memory as bm
+import _references as refs
+from engine.layers import Linear, ReLU
+from engine.layers.fixed_fanin import FixedFanInLinear
 
 DTYPE = numpy.dtype(numpy.float32)
 GiB = float(2 ** 30)
 PAPER = dict(labels=670_091, input=32_768, embed=768, k=32, batch=32, paper_gib=1.45,
              dense_768_weights_gib=1.9, dense_768_adam_gib=7.7, ffi_everything_gib=0.4)
 BANDWIDTHS = {"H200": 4.8e12, "H100": 3.35e12}
+METHODS = ("ffi-kernel", "ffi-cusparse", "dense")
+#: float32 first step vs the float64 reference, relative to each quantity's largest entry
+#: (y and dx on 8 batch rows, dw on 64 labels, dbias on all; the sketches y s and r^T dx cover
+#: every row and column of y and dx: tools/_references.sketch_vectors)
+CHECK_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dw": 1e-4, "dbias": 1e-4, "y_sketch": 1e-4,
+                    "dx_sketch": 1e-4}
+DENSE_TOLERANCES = {"y": 1e-4, "dx": 1e-4, "dW": 1e-4, "db": 1e-4, "y_sketch": 1e-4,
+                    "dx_sketch": 1e-4}
 
 
 def build_parser():
@@ -53,8 +70,7 @@ def build_parser():
     p.add_argument("--input", type=int, default=None)
     p.add_argument("--k", type=int, nargs="+", default=None)
     p.add_argument("--batch", type=int, nargs="+", default=None)
-    p.add_argument("--methods", nargs="+", default=None,
-                   choices=("ffi-kernel", "ffi-cusparse", "dense"))
+    p.add_argument("--methods", nargs="+", default=None, choices=METHODS)
     p.add_argument("--bandwidth", type=float, default=None,
                    help="memory bandwidth in bytes/s for the floor (GPU: H200 4.8e12, H100 3.35e12)")
     p.add_argument("--threads", type=int, default=0,
@@ -64,6 +80,7 @@ def build_parser():
 
 
 def grid(args, device):
+    """[(L, I, k, B, [methods])], one entry per shape."""
     if args.tiny:
         L, I, ks, bs = 3000, 256, [8], [8]
     elif args.quick:
@@ -76,7 +93,8 @@ def grid(args, device):
     ks, bs = args.k or ks, args.batch or bs
     methods = args.methods or (["ffi-kernel", "ffi-cusparse", "dense"] if device == "gpu"
                                else ["ffi-kernel", "dense"])
-    return [(L, I, k, B, m) for k in ks for B in bs for m in methods]
+    methods = [m for m in methods if m != "ffi-cusparse" or device == "gpu"]
+    return [(L, I, k, B, methods) for k in ks for B in bs]
 
 
 # ------------------------------------------------------------------ byte counts
@@ -87,6 +105,11 @@ def floor_bytes(L, I, k, B, s=4):
 def dense_bytes(L, I, B, s=4):
     """W, dW, bias, dbias, x, dx, y, dy."""
     return (2 * L * I + 2 * L + 2 * B * I + 2 * B * L) * s
+
+
+def ffi_bytes(L, I, k, B, s=4):
+    """weights, indices, dweights (+ a CSC/CSR copy on the GPU), bias, x, dx, its transpose, y, dy."""
+    return 4 * L * k * (s + 4) + 2 * L * s + 3 * B * I * s + 2 * B * L * s
 
 
 def bandwidth(args, backend, device, device_name):
@@ -104,53 +127,107 @@ def bandwidth(args, backend, device, device_name):
     return 2.0 * n / (t.min_ms * 1e-3), "measured copy"
 
 
-# ------------------------------------------------------------------ one row
-def meter(backend):
-    return bc.CupyPeak(backend) if backend.device == "gpu" else bc.TracemallocPeak()
+# ------------------------------------------------------------------ one shape
+class LayerRunner(harness.EngineRunner):
+    """Forward + backward (dy -> dweights, dbias, dx) of the FFI layer or the dense Linear."""
+
+    def __init__(self, method, backend, L, I, k, B, seed):
+        super().__init__(backend)
+        self.method = method
+        rng = numpy.random.default_rng(seed)
+        if method == "dense":
+            self.layer = Linear(I, L).bind(backend, rng, DTYPE)
+        else:
+            self.layer = FixedFanInLinear(I, L, k, method="kernel" if method == "ffi-kernel"
+                                          else "cusparse").bind(backend, rng, DTYPE)
+        self.x = backend.asarray(numpy.maximum(rng.standard_normal((B, I)), 0).astype(DTYPE))
+        self.dy = backend.asarray(rng.standard_normal((B, L)).astype(DTYPE) * 1e-3)
+        self.batch_rows = harness.spread_rows(B)
+        self.label_rows = numpy.unique(numpy.concatenate([numpy.arange(min(L, 32)),
+                                                          harness.spread_rows(L, 32)]))
+        self.sketch = refs.sketch_vectors(B, L, I, seed)
+        self.y = self.dx = None
+
+    def step(self):
+        self.y = self.layer.forward(self.x)
+        self.dx = self.layer.backward(self.dy)
+
+    def first_step(self):
+        self.step()
+        self.sync()
+        be, g = self.backend, self.layer.grads
+        br, lr = be.asarray(self.batch_rows), be.asarray(self.label_rows)
+        r, s, _ = self.sketch
+        values = {"y": self.to_host64(self.y[br]), "dx": self.to_host64(self.dx[br]),
+                  "y_sketch": self.host_matvec(self.y, s), "dx_sketch": self.host_vecmat(r, self.dx)}
+        if self.method == "dense":
+            values.update(dW=self.to_host64(g["W"][lr]), db=self.to_host64(g["b"]))
+        else:
+            values.update(dw=self.to_host64(g["weights"][lr]), dbias=self.to_host64(g["bias"]))
+        return values
+
+    def reference(self):
+        be, P = self.backend, self.layer.params
+        x, dy = be.to_host(self.x), be.to_host(self.dy)
+        if self.method == "dense":
+            ref = refs.linear_step(be.to_host(P["W"]), be.to_host(P["b"]), x, dy, self.batch_rows,
+                                   self.label_rows, sketch=self.sketch)
+            ref.pop("dW_sketch")
+        else:
+            ref = refs.ffi_step(be.to_host(P["weights"]), be.to_host(self.layer.indices),
+                                be.to_host(P["bias"]), x, dy, self.batch_rows, self.label_rows,
+                                sketch=self.sketch)
+        return harness.Reference(ref)
+
+    def held_arrays(self):
+        indices = [] if self.method == "dense" else [self.layer.indices]
+        return list(self.layer.params.values()) + indices + [self.x, self.dy]
+
+    def close(self):
+        self.layer = self.x = self.dy = self.y = self.dx = None
 
 
-def run_row(L, I, k, B, method, args, backend, device, bw):
-    row = dict(labels=L, input=I, k=k, batch=B, device=device, method=method, ms=None,
-               peak_bytes=None, peak_kind=None, floor_ms=None, floor_ratio=None, note="")
-    s = DTYPE.itemsize
-    if method == "ffi-cusparse" and device != "gpu":
-        return None
-    if method == "dense":
-        need = dense_bytes(L, I, B, s)
-        if need > 0.7 * bc.available_memory(backend):
-            row.update(peak_bytes=need, peak_kind="computed",
-                       note=f"does not fit ({need / GiB:.1f} GiB: W, dW, x, dx, y, dy)")
-            print(f"[bench] dense L={L} I={I} B={B}: {row['note']}", flush=True)
-            return row
-    rng = numpy.random.default_rng(args.seed)
-    if method == "dense":
-        layer = Linear(I, L).bind(backend, rng, DTYPE)
-        resident = layer.params["W"].nbytes + layer.params["b"].nbytes
-    else:
-        layer = FixedFanInLinear(I, L, k, method="kernel" if method == "ffi-kernel" else "cusparse")
-        layer.bind(backend, rng, DTYPE)
-        resident = sum(p.nbytes for p in layer.params.values()) + layer.indices.nbytes
-    x = backend.asarray(numpy.maximum(rng.standard_normal((B, I)), 0).astype(DTYPE))
-    dy = backend.asarray(rng.standard_normal((B, L)).astype(DTYPE) * 1e-3)
-    resident += x.nbytes + dy.nbytes
+def build_runner(p, backend):
+    if p.get("threads") and backend.device == "cpu":
+        import numba
+        numba.set_num_threads(p["threads"])
+    return LayerRunner(p["method"], backend, p["L"], p["I"], p["k"], p["B"], p["seed"])
 
-    def step():
-        layer.forward(x)
-        return layer.backward(dy)
 
-    step()                                     # compile / plan once, outside the meter
-    bc.release_memory(backend)
-    with meter(backend) as m:
-        step()
-    layer.zero_grads()
-    t = bc.time_fn(step, backend=backend, repeats=args.repeats, warmup=args.warmup)
-    row.update(ms=t.median_ms, peak_bytes=int(resident + m.peak_bytes), peak_kind="measured")
-    if method != "dense":
-        row["floor_ms"] = floor_bytes(L, I, k, B, s) / bw * 1e3
-        row["floor_ratio"] = row["ms"] / row["floor_ms"]
-    print(f"[bench] {method} L={L} I={I} k={k} B={B}: {row['ms']:.2f} ms, peak "
-          f"{row['peak_bytes'] / 2**20:.1f} MiB", flush=True)
-    return row                                 # the caller releases the memory
+def run_shape(L, I, k, B, methods, args, env, bw):
+    backend, device = env["backend"], env["device"]
+    rows = {m: dict(labels=L, input=I, k=k, batch=B, device=device, method=m, ms=None,
+                    peak_bytes=None, peak_kind=None, floor_ms=None, floor_ratio=None, note="")
+            for m in methods}
+    run = list(methods)
+    if "dense" in run:
+        need = dense_bytes(L, I, B, DTYPE.itemsize)
+        if need > 0.7 * bm.available_memory(backend):
+            rows["dense"].update(harness.blank_result("dense"), peak_bytes=need,
+                                 peak_kind="computed",
+                                 note=f"does not fit ({need / GiB:.1f} GiB: W, dW, x, dx, y, dy)")
+            print(f"[bench] dense L={L} I={I} B={B}: {rows['dense']['note']}", flush=True)
+            run.remove("dense")
+    payload = lambda m: dict(method=m, L=L, I=I, k=k, B=B, seed=args.seed,   # noqa: E731
+                             threads=args.threads)
+    res = harness.run_methods(
+        run, lambda m: build_runner(payload(m), backend), lambda runner, values: runner.reference(),
+        lambda m: DENSE_TOLERANCES if m == "dense" else CHECK_TOLERANCES, args, env,
+        label=f"L={L} I={I} k={k} B={B}",
+        estimate=lambda m: dense_bytes(L, I, B) if m == "dense" else ffi_bytes(L, I, k, B),
+        payload=payload, script=os.path.abspath(__file__))
+    for m in run:
+        r = rows[m]
+        r.update(res[m])
+        r["step_peak_bytes"] = r["peak_bytes"]
+        if r["ms"] is not None and r["peak_bytes"] is not None:
+            r["peak_bytes"] = int(r["resident_bytes"] + r["step_peak_bytes"])
+            r["peak_kind"] = "measured"
+        if m != "dense" and r["ms"]:
+            r["floor_ms"] = floor_bytes(L, I, k, B, DTYPE.itemsize) / bw * 1e3
+            r["floor_ratio"] = r["ms"] / r["floor_ms"]
+    bm.release_memory(backend)
+    return [rows[m] for m in methods]
 
 
 # ------------------------------------------------------------------ paper memory table
@@ -204,8 +281,8 @@ def paper_measured(backend, L, I, E, k, B, seed, steps=2):
     pos_cols = backend.asarray(numpy.concatenate([rng.choice(L, 5, replace=False) for _ in range(B)]))
     resident = (x.nbytes + pos_rows.nbytes + pos_cols.nbytes + layers[2].indices.nbytes
                 + sum(p.nbytes for layer in layers for p in layer.params.values()))
-    bc.release_memory(backend)
-    with meter(backend) as m:
+    bm.release_memory(backend)
+    with (bm.CupyPeak(backend) if backend.device == "gpu" else bm.TracemallocPeak()) as m:
         for _ in range(steps):
             h = x
             for layer in layers:
@@ -222,7 +299,7 @@ def paper_measured(backend, L, I, E, k, B, seed, steps=2):
             del dy, items
         backend.synchronize()
     del layers, opt, x
-    bc.release_memory(backend)
+    bm.release_memory(backend)
     return int(resident + m.peak_bytes), m.method
 
 
@@ -253,9 +330,8 @@ def paper_table(args, backend, device):
 
 # ------------------------------------------------------------------ main
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
+    args, env = harness.start(build_parser(), argv, build_runner)
+    backend, device, device_name = env["backend"], env["device"], env["device_name"]
     if device == "cpu" and args.threads:
         import numba
         numba.set_num_threads(args.threads)
@@ -263,10 +339,8 @@ def main(argv=None):
     print(f"[bench] device: {device_name}; float32; bandwidth {bw / 1e9:.1f} GB/s ({bw_how})",
           flush=True)
     rows = []
-    for L, I, k, B, method in grid(args, device):
-        row = run_row(L, I, k, B, method, args, backend, device, bw)
-        bc.release_memory(backend)
-        if row is not None:
+    for L, I, k, B, methods in grid(args, device):
+        for row in run_shape(L, I, k, B, methods, args, env, bw):
             row["bandwidth"] = bw
             rows.append(row)
     mem_rows = [] if args.no_paper else paper_table(args, backend, device)
@@ -280,6 +354,8 @@ def main(argv=None):
                            ("ours GiB", lambda r: bc.fmt_num(r["ours_gib"], "{:.3f}"))],
                        mem_rows, notes=[f"shape: L={mem_rows[0]['labels']} I={mem_rows[0]['input']} "
                                         f"E={mem_rows[0]['embed']} (paper column only at the paper's shape)"])
+    status = harness.report_failures(rows, lambda r: f"L={r['labels']} k={r['k']} B={r['batch']} "
+                                                     f"{r['method']}")
     kinds = {"ffi-kernel": "ffi-kernel (numba)" if device == "cpu" else "ffi-kernel"}
     bc.print_table(f"FFI forward + backward, {device_name}, float32", [
         ("labels", lambda r: r["labels"]), ("input", lambda r: r["input"]),
@@ -289,10 +365,16 @@ def main(argv=None):
         ("floor ms", lambda r: bc.fmt_num(r["floor_ms"], "{:.3f}")),
         ("x floor", lambda r: bc.fmt_num(r["floor_ratio"], "{:.1f}")),
         ("peak MiB", lambda r: bc.fmt_mib(r["peak_bytes"])),
+        ("check", harness.check_cell),
         ("peak", lambda r: r["peak_kind"] or "-")], rows,
         notes=[f"floor = bytes moved / {bw / 1e9:.0f} GB/s ({bw_how}): L k (3s+8) + 2Ls + 2BLs + 3BIs",
-               "peak 'computed' = dense W, dW, x, dx, y, dy where dense does not fit"])
-    return 0
+               "peak 'measured' = arrays held + the peak growth of one step "
+               f"({harness.memory_mode(args, device)}); 'computed' = dense W, dW, x, dx, y, dy "
+               "where dense does not fit",
+               "methods timed round-robin; check: first step vs the float64 reference ("
+               + ", ".join(f"{k} {v:g}" for k, v in CHECK_TOLERANCES.items()) + "); FAILED rows "
+               "are not timed"])
+    return status
 
 
 if __name__ == "__main__":

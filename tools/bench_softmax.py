@@ -1,7 +1,8 @@
 """Benchmark: our exact softmax output layer against PyTorch, one SGD step, side by side.
 
 Shapes: h (B, d) the last hidden layer, W (D, d) and b (D,) the output layer, targets (B,)
-uniform over the D classes; float32 throughout. One *step* is forward, backward (dh too) and a
+uniform over the D classes (the first rows name the classes at the chunk edges, see make_data);
+float32 throughout. One *step* is forward, backward (dh too) and a
 plain SGD update of W and b:
 
   torch                 F.linear + F.cross_entropy, loss.backward(), then W.add_(W.grad,
@@ -18,22 +19,22 @@ plain SGD update of W and b:
                         chunk by chunk inside backward: neither B x D nor a D x d gradient exists.
 
 Before timing, every method's first step (from the same weights and data) is compared with the
-first method's (PyTorch when importable): loss (relative difference < 1e-4), dh, the update of
-b and of some rows of W; and, when small enough, the loss with a float64 NumPy reference. A
-failure is printed loudly, marked in the table and JSON, and the script exits with status 1.
+float64 reference step (tools/_references.py: loss, dh, the update of b and of some rows of W;
+tolerances in CHECK_TOLERANCES). A method that disagrees is not timed: its row says check
+"failed", and the script exits with status 1. The methods are then timed round-robin (median).
 
 Peak memory (`peak_bytes`): the most bytes allocated during one step (after warm-up steps)
 minus the bytes allocated just before it; `resident_bytes` is what is held between steps
-(parameters, inputs, and the gradients that the method keeps); `total_bytes` = both, the step's
-whole footprint. On the GPU both come from the allocators (CuPy pool via a MemoryHook; PyTorch's
-max_memory_allocated), in the benchmark process. On the CPU every method is measured alike in a
-fresh process (same data, a warm-up step, then the measured step) as the growth of its peak
-resident set over the step, glibc giving each block >= 64 KiB its own mapping (see
-_bench_common.RssPeak/run_child); ours is cross-checked there with tracemalloc
-(`peak_bytes_tracemalloc`, which cannot see the previous step's gradient being freed), and
-`resident_bytes` is the sum of the held arrays' sizes. Where RssPeak cannot work (not
-Linux/glibc), ours falls back to tracemalloc and PyTorch's CPU peak is an analytic estimate
-(3 B x D floats), labelled `estimated`.
+(parameters, inputs, and the gradients that the method keeps: the sum of the held arrays' sizes);
+`total_bytes` = both, the step's whole footprint. On the GPU the peak comes from the allocators
+(CuPy pool via a MemoryHook; PyTorch's max_memory_allocated), in the benchmark process. On the
+CPU every method is measured alike in a fresh process (same data, a warm-up step, then the
+measured step) as the growth of its peak resident set over the step, glibc giving each block
+>= 64 KiB its own mapping (see _bench_memory.RssPeak and _bench_harness); ours is cross-checked
+there with tracemalloc (`peak_bytes_tracemalloc`, which cannot see the previous step's gradient
+being freed). With `--memory inproc`, or where RssPeak cannot work (not Linux/glibc), ours is
+measured with tracemalloc and PyTorch's CPU peak is an analytic estimate (3 B x D floats),
+labelled `estimated`.
 
 Compute floor: 6 B D d flops (3 products; chunked methods 8 B D d, the logits are recomputed)
 at the device's peak float32 matmul rate, measured once with a large square product (NumPy/CuPy
@@ -44,26 +45,26 @@ and PyTorch; the faster one counts). `% floor` = floor_ms / ms.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import os
 import sys
 
 import numpy
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _bench_common as bc  # noqa: E402
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
+import _bench_common as bc
+import _bench_harness as harness
+import _bench_memory as bm
+import _references as refs
 
 METHODS = ("torch", "ours", "ours-chunked-unfused", "ours-chunked")
 CHUNKED = ("ours-chunked-unfused", "ours-chunked")
 DTYPE = numpy.float32
 F = numpy.dtype(DTYPE).itemsize
 
-LOSS_RTOL = 1e-4      # the brief: loss relative difference in float32
-ARRAY_RTOL = 2e-3     # dh and parameter updates: max |a - ref| / max |ref|
-FLOAT64_CHECK_MAX_BDd = 4e9
-
+#: float32 first step vs the float64 reference: loss relative; dh and the updates of W's rows and
+#: of b relative to their largest entry (W's update after one float32 epsilon of max |W0|)
+CHECK_TOLERANCES = {"loss": 1e-4, "dh": 1e-3, "W_update": 1e-3, "b_update": 1e-3}
 CHUNK_TARGET_BYTES = 64 * 2 ** 20
 
 
@@ -98,31 +99,30 @@ def make_grid(args, device):
 
 
 def estimate_bytes(method, B, D, d, C):
-    """(resident, extra) bytes of one step, from the shapes (used to skip what cannot fit)."""
+    """Bytes of one method at one config: held between steps + the step's extra (used to skip
+    what cannot fit)."""
     params, inputs = (D * d + D) * F, B * d * F + B * 8
     grads = (D * d + D + B * d) * F
     small = 4 * B * d * F + 8 * B * F + (1 << 20)
     if method == "torch":        # logits, log-softmax (saved), and the logits' gradient
-        return params + inputs + grads, 3 * B * D * F + small
+        return params + inputs + grads + 3 * B * D * F + small
     if method == "ours":         # logits/gradient in place, G^T h (+ a D x d temporary, to be safe)
-        return params + inputs + grads, B * D * F + 2 * D * d * F + D * F + small
+        return params + inputs + grads + B * D * F + 2 * D * d * F + D * F + small
     if method == "ours-chunked-unfused":
-        return params + inputs + grads, (D * d + D) * F + 2 * B * C * F + 2 * C * d * F + small
-    return params + inputs, 2 * B * C * F + 2 * C * d * F + 2 * C * F + small
+        return params + inputs + grads + (D * d + D) * F + 2 * B * C * F + 2 * C * d * F + small
+    return params + inputs + 2 * B * C * F + 2 * C * d * F + 2 * C * F + small
 
 
-def torch_cpu_estimate(B, D, d):
-    """Analytic peak of the PyTorch step above resident (only where RssPeak cannot measure):
-    logits, saved log-softmax and the logits' gradient; the .grad buffers it frees and
-    reallocates cancel out."""
-    return 3 * B * D * F
-
-
-def make_data(B, D, d, seed):
-    """The inputs of a config: h (B, d) standard normal, targets (B,) uniform over D."""
+def make_data(B, D, d, C, seed):
+    """The inputs of a config: h (B, d) standard normal, targets (B,) uniform over D, except that
+    up to B / 2 first rows name the classes at the edges of the chunks of C columns (0, D - 1,
+    C - 1, C, 2C - 1, 2C, ...), so that the check sees every chunk boundary it can."""
     rng = numpy.random.default_rng(seed + 1)
     h = rng.standard_normal((B, d)).astype(DTYPE)
     t = rng.integers(0, D, size=B).astype(numpy.int64)
+    edges = [0, D - 1] + [c for s in range(C, D, C) for c in (s - 1, s)]
+    n = min(len(edges), B // 2)
+    t[:n] = edges[:n]
     return h, t
 
 
@@ -132,20 +132,33 @@ def make_W0(D, d, seed):
     return SoftmaxOutput(d, D).init_params(numpy.random.default_rng(seed))["W"].astype(DTYPE)
 
 
-def make_runner(method, backend, torch, torch_device, B, D, d, C, lr, seed, h, t, W0=None):
-    if method == "torch":
-        return TorchRunner(torch, torch_device, make_W0(D, d, seed) if W0 is None else W0,
-                           (h, t), lr)
-    return OursRunner(method, backend, B, D, d, (h, t), C, lr, seed)
+def check_rows(t, D):
+    """The rows of W whose update is checked: the first 32 targets and the first 32 classes."""
+    return numpy.unique(numpy.concatenate([t[:32], numpy.arange(min(D, 32))])).astype(numpy.int64)
 
 
 # ---------------------------------------------------------------------------- runners
-class OursRunner:
+def build_runner(p, backend, torch=None, torch_device=None):
+    """The runner of payload p = {method, B, D, d, C, lr, seed} (the same in the memory child)."""
+    h, t = make_data(p["B"], p["D"], p["d"], p["C"], p["seed"])
+    rows = check_rows(t, p["D"])
+    if p["method"] == "torch":
+        if torch is None:
+            torch, torch_device, note = bc.import_torch("cpu")
+            if torch is None:
+                raise SystemExit(note)
+        return TorchSoftmax(torch, torch_device, make_W0(p["D"], p["d"], p["seed"]), h, t, p["lr"],
+                            rows)
+    return OursSoftmax(p["method"], backend, p["d"], p["D"], h, t, p["C"], p["lr"], p["seed"], rows)
+
+
+class OursSoftmax(harness.OutputRunner):
     """Our SoftmaxOutput driven through one SGD step per `step()` call."""
 
-    def __init__(self, method, backend, B, D, d, data, chunk, lr, seed):
+    def __init__(self, method, backend, d, D, h, t, chunk, lr, seed, rows):
         from engine.outputs import SoftmaxOutput
-        self.method, self.backend, self.lr = method, backend, lr
+        super().__init__(backend)
+        self.method, self.lr, self.rows = method, lr, rows
         if method == "ours":
             out = SoftmaxOutput(d, D, bias=True, chunk_size=None)
         elif method == "ours-chunked-unfused":
@@ -153,17 +166,16 @@ class OursRunner:
         else:
             out = SoftmaxOutput(d, D, bias=True, chunk_size=chunk, update="fused-sgd")
         out.bind(backend, numpy.random.default_rng(seed), DTYPE)
-        self.out = out
-        self.fused = out.owns_update
-        h, t = data
+        self.out, self.fused = out, out.owns_update
         self.h, self.t = backend.asarray(h), backend.asarray(t)
         self.dh = None
+        self.loss = None
 
     def step(self):
         out = self.out
         out.zero_grads()
         self.dh = None
-        loss = out.forward(self.h, self.t, train=True)
+        self.loss = out.forward(self.h, self.t, train=True)
         if self.fused:
             out.prepare_update(self.lr)
         self.dh = out.backward()
@@ -172,280 +184,97 @@ class OursRunner:
                 g = out.grads[name]
                 g *= -self.lr
                 out.params[name] += g
-        return loss
 
-    def sync(self):
-        self.backend.synchronize()
+    def first_step(self):
+        idx = self.backend.asarray(self.rows)
+        W0_rows = self.to_host64(self.out.params["W"][idx])
+        self.step()
+        self.sync()
+        return {"loss": float(self.loss), "dh": self.to_host64(self.dh),
+                "W_update": self.to_host64(self.out.params["W"][idx]) - W0_rows,
+                "b_update": self.to_host64(self.out.params["b"])}          # b starts at 0
 
-    def held_bytes(self):
-        arrays = list(self.out.params.values()) + list(self.out.grads.values()) + [self.h, self.t]
-        if self.dh is not None:
-            arrays.append(self.dh)
-        return int(sum(a.nbytes for a in arrays))
-
-    def check_values(self, loss, rows):
-        be = self.backend
-        copy = lambda x: numpy.array(be.to_host(x), dtype=numpy.float64)  # noqa: E731 (own copy)
-        return {"loss": float(loss), "dh": copy(self.dh),
-                "W_rows": copy(self.out.params["W"][be.asarray(rows)]),
-                "b": copy(self.out.params["b"])}
-
-    def meters(self, rss=False):
-        if self.backend.device == "gpu":
-            return [bc.CupyPeak(self.backend)]
-        meters = [bc.TracemallocPeak()]          # entered first, so RssPeak's baseline includes it
-        if rss:
-            meters.append(bc.RssPeak())
-        return meters
-
-    def close(self):
-        self.out = self.h = self.t = self.dh = None
-
-
-class TorchRunner:
+class TorchSoftmax(harness.TorchRunner):
     """PyTorch's F.linear + F.cross_entropy + backward + in-place SGD, one step per call."""
 
-    def __init__(self, torch, torch_device, W0, data, lr):
-        self.torch, self.dev, self.lr = torch, torch_device, lr
+    method = "torch"
+
+    def __init__(self, torch, torch_device, W0, h, t, lr, rows):
+        super().__init__(torch, torch_device)
         import torch.nn.functional as tF
-        self.F = tF
-        h, t = data
-        D = W0.shape[0]
+        self.F, self.lr, self.rows = tF, lr, rows
         self.W = torch.tensor(W0, device=torch_device).requires_grad_(True)
-        self.b = torch.zeros(D, dtype=torch.float32, device=torch_device).requires_grad_(True)
+        self.b = torch.zeros(W0.shape[0], dtype=torch.float32, device=torch_device).requires_grad_(True)
         self.h = torch.tensor(h, device=torch_device).requires_grad_(True)
         self.t = torch.tensor(t, dtype=torch.int64, device=torch_device)
-        self._sync = bc.torch_sync(torch, torch_device)
+        self.loss = None
 
     def step(self):
-        torch = self.torch
         for p in (self.W, self.b, self.h):
             p.grad = None
         loss = self.F.cross_entropy(self.F.linear(self.h, self.W, self.b), self.t)
         loss.backward()
-        with torch.no_grad():
+        with self.torch.no_grad():
             self.W.add_(self.W.grad, alpha=-self.lr)
             self.b.add_(self.b.grad, alpha=-self.lr)
-        return loss.detach()
+        self.loss = loss.detach()
 
-    def sync(self):
-        self._sync()
+    def first_step(self):
+        idx = self.torch.as_tensor(self.rows, device=self.torch_device)
+        W0_rows = self.to_host64(self.W[idx])
+        self.step()
+        self.sync()
+        return {"loss": float(self.loss), "dh": self.to_host64(self.h.grad),
+                "W_update": self.to_host64(self.W[idx]) - W0_rows, "b_update": self.to_host64(self.b)}
 
-    def held_bytes(self):
-        ts = [self.W, self.b, self.h, self.t] + [p.grad for p in (self.W, self.b, self.h)
-                                                  if p.grad is not None]
-        return int(sum(x.element_size() * x.numel() for x in ts))
+    def held_arrays(self):
+        return [self.W, self.b, self.h, self.t] + [p.grad for p in (self.W, self.b, self.h)]
 
-    def check_values(self, loss, rows):
-        torch = self.torch
-        idx = torch.as_tensor(rows, device=self.dev)
-        copy = lambda x: numpy.array(x.detach().cpu().numpy(), dtype=numpy.float64)  # noqa: E731
-        return {"loss": float(loss), "dh": copy(self.h.grad), "W_rows": copy(self.W[idx]),
-                "b": copy(self.b)}
-
-    def meters(self, rss=False):
-        if self.dev.type == "cuda":
-            return [bc.TorchCudaPeak(self.torch)]
-        return [bc.RssPeak()] if rss else []
+    def estimate_peak(self):
+        """Logits, saved log-softmax and the logits' gradient (the .grad buffers it frees and
+        reallocates cancel out)."""
+        B, D = self.h.shape[0], self.W.shape[0]
+        return 3 * B * D * F
 
     def close(self):
         self.W = self.b = self.h = self.t = None
 
 
-# ---------------------------------------------------------------------------- checks
-def _rel_max(a, ref):
-    a, ref = numpy.asarray(a, numpy.float64), numpy.asarray(ref, numpy.float64)
-    scale = max(float(numpy.abs(ref).max(initial=0.0)), 1e-30)
-    return float(numpy.abs(a - ref).max(initial=0.0)) / scale
-
-
-def compare(vals, ref, W0_rows):
-    """(ok, detail) of one method's first step against the reference method's."""
-    problems, parts = [], []
-    r = abs(vals["loss"] - ref["loss"]) / max(abs(ref["loss"]), 1e-30)
-    parts.append(f"loss {r:.1e}")
-    if not (r < LOSS_RTOL):
-        problems.append(f"loss {vals['loss']!r} vs {ref['loss']!r} (rel {r:.2e} >= {LOSS_RTOL})")
-    for key, a, b in (("dh", vals["dh"], ref["dh"]),
-                      ("dW", vals["W_rows"] - W0_rows, ref["W_rows"] - W0_rows),
-                      ("db", vals["b"], ref["b"])):
-        e = _rel_max(a, b)
-        parts.append(f"{key} {e:.1e}")
-        if not (e < ARRAY_RTOL):
-            problems.append(f"{key} max rel {e:.2e} >= {ARRAY_RTOL}")
-    return (not problems), ", ".join(problems or parts)
-
-
-def float64_loss(W0, h, t):
-    """Reference mean cross-entropy in float64 on the host (b = 0)."""
-    h64, W64 = h.astype(numpy.float64), W0.astype(numpy.float64)
-    total = 0.0
-    step = max(1, int(2e7 // max(W0.shape[0], 1)))
-    for s in range(0, h.shape[0], step):
-        logits = h64[s:s + step] @ W64.T
-        m = logits.max(axis=1, keepdims=True)
-        lse = m[:, 0] + numpy.log(numpy.exp(logits - m).sum(axis=1))
-        total += float((lse - logits[numpy.arange(logits.shape[0]), t[s:s + step]]).sum())
-    return total / h.shape[0]
-
-
-# ---------------------------------------------------------------------------- memory
-def measure_step_memory(runner, rss=False):
-    """One step under the runner's meters: ({meter.method: meter}, bytes held before it)."""
-    meters = runner.meters(rss=rss)
-    runner.sync()
-    held = runner.held_bytes()
-    for m in meters:
-        m.__enter__()
-    try:
-        runner.step()
-        runner.sync()
-    finally:
-        for m in reversed(meters):
-            m.__exit__(None, None, None)
-    return {m.method: m for m in meters}, held
-
-
-def memory_fields(by, held, B, D, d):
-    """The row's memory fields from the meters of one step (see the module docstring)."""
-    main = next((by[k] for k in ("rss-hwm", "cupy-pool", "torch-cuda", "tracemalloc") if k in by),
-                None)
-    out = dict(peak_bytes_tracemalloc=by["tracemalloc"].peak_bytes if "tracemalloc" in by else None)
-    if main is None:                     # PyTorch on a CPU where RssPeak cannot work
-        out.update(peak_bytes=torch_cpu_estimate(B, D, d), peak_method="estimated")
-    else:
-        out.update(peak_bytes=main.peak_bytes, peak_method=main.method)
-    if main is not None and main.method in ("cupy-pool", "torch-cuda"):
-        out.update(resident_bytes=main.before_bytes, resident_method=main.method)
-    else:
-        out.update(resident_bytes=held, resident_method="held-arrays")
-    return out
-
-
-def child_main(payload):
-    """Entry of the measurement subprocess (CPU): build the method's step from the same seeds,
-    one warm-up step, then one step under RssPeak (and tracemalloc for ours); reply."""
-    from engine.backend import get_backend
-    p = payload
-    backend = get_backend("cpu")
-    torch = tdev = None
-    if p["method"] == "torch":
-        torch, tdev, note = bc.import_torch("cpu")
-        if torch is None:
-            raise SystemExit(note)
-    h, t = make_data(p["B"], p["D"], p["d"], p["seed"])
-    runner = make_runner(p["method"], backend, torch, tdev, p["B"], p["D"], p["d"], p["C"],
-                         p["lr"], p["seed"], h, t)
-    runner.step()              # warm-up: persistent gradients, BLAS buffers, then steady state
-    fields = memory_fields(*measure_step_memory(runner, rss=True), p["B"], p["D"], p["d"])
-    bc.child_reply(fields)
-    return 0
-
-
 # ---------------------------------------------------------------------------- one config
 def run_config(B, D, d, args, env):
-    backend, device, torch, tdev = env["backend"], env["device"], env["torch"], env["torch_device"]
-    C = args.chunk_size or default_chunk(B, D)
-    C = min(C, D)
-    h, t = make_data(B, D, d, args.seed)
-    rows = numpy.unique(numpy.concatenate([t[:32], numpy.arange(min(D, 32))])).astype(numpy.int64)
+    backend, device, torch = env["backend"], env["device"], env["torch"]
+    C = min(args.chunk_size or default_chunk(B, D), D)
     print(f"[bench] B={B} D={D} d={d} chunk={C}", flush=True)
-
-    W0 = make_W0(D, d, args.seed)
-    W0_rows = W0[rows].astype(numpy.float64)
-    f64 = None
-    if B * D * d <= FLOAT64_CHECK_MAX_BDd:
-        f64 = float64_loss(W0, h, t)
-
-    methods = [m for m in METHODS if m in args.methods]
-    if torch is None and "torch" in methods:
-        methods.remove("torch")
-    results, ref, ref_name = [], None, None
-    for method in methods:
-        bc.release_memory(backend, torch)
-        row = dict(B=B, D=D, d=d, device=device, device_name=env["device_name"], dtype="float32",
-                   method=method, chunk_size=C if method in CHUNKED else None,
-                   flops=(8 if method in CHUNKED else 6) * B * D * d, ms=None, ms_min=None,
-                   repeats=args.repeats, peak_bytes=None, peak_method=None, resident_bytes=None,
-                   resident_method=None, peak_bytes_tracemalloc=None, loss=None,
-                   check_ok=None, check=None, skipped=None)
-        row["floor_ms"] = row["flops"] / env["peak_rate"] * 1e3
-        resident, extra = estimate_bytes(method, B, D, d, C)
-        avail = bc.available_memory(backend)
-        if resident + extra > 0.9 * avail:
-            row["skipped"] = (f"needs about {bc.fmt_mib(resident + extra, 0)} MiB, "
-                              f"{bc.fmt_mib(avail, 0)} MiB available")
-            print(f"[bench]   {method}: skipped ({row['skipped']})", flush=True)
-            results.append(row)
-            continue
-        runner = None
-        try:
-            runner = make_runner(method, backend, torch, tdev, B, D, d, C, args.lr, args.seed,
-                                 h, t, W0)
-            # first step, from the initial weights: the correctness check
-            loss = runner.step()
-            runner.sync()
-            vals = runner.check_values(loss, rows)
-            row["loss"] = vals["loss"]
-            ok, detail = True, []
-            if f64 is not None:
-                r = abs(vals["loss"] - f64) / abs(f64)
-                detail.append(f"loss vs float64 {r:.1e}")
-                if not (r < LOSS_RTOL):
-                    ok = False
-                    detail.append(f"FAILED: loss {vals['loss']!r} vs float64 {f64!r}")
-            if ref is None:
-                ref, ref_name = vals, method
-                detail.append("reference")
-            else:
-                ok_ref, d_ref = compare(vals, ref, W0_rows)
-                ok = ok and ok_ref
-                detail.append(f"vs {ref_name}: {d_ref}")
-            row["check_ok"], row["check"] = ok, "; ".join(detail)
-            if not ok:
-                bar = "!" * 78
-                print(f"{bar}\n[bench] CORRECTNESS FAILURE: B={B} D={D} d={d} {method}: "
-                      f"{row['check']}\n{bar}", flush=True)
-            vals = None
-            # timing (after the remaining warm-up steps)
-            timing = bc.time_fn(runner.step, sync=runner.sync, repeats=args.repeats,
-                                warmup=args.warmup - 1)
-            row["ms"], row["ms_min"] = timing.median_ms, timing.min_ms
-            # memory: one more step under the meters (on the CPU: in a fresh process)
-            if device == "cpu" and bc.rss_peak_supported()[0]:
-                runner.close()
-                runner = None
-                bc.release_memory(backend, torch)
-                payload = dict(method=method, B=B, D=D, d=d, C=C, lr=args.lr, seed=args.seed)
-                try:
-                    row.update(bc.run_child(os.path.abspath(__file__), payload))
-                except RuntimeError as exc:
-                    row["peak_method"] = "failed"
-                    print(f"[bench] MEMORY MEASUREMENT FAILED: B={B} D={D} d={d} {method}: {exc}",
-                          flush=True)
-            else:
-                row.update(memory_fields(*measure_step_memory(runner), B, D, d))
-            print(f"[bench]   {method}: {row['ms']:.2f} ms, peak {bc.fmt_mib(row['peak_bytes'])} MiB "
-                  f"({row['peak_method']}), check {'ok' if ok else 'FAILED'}", flush=True)
-        except MemoryError as exc:
-            row["skipped"] = f"out of memory ({exc})"
-            print(f"[bench]   {method}: skipped ({row['skipped']})", flush=True)
-        except Exception as exc:
-            if type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc).lower():
-                row["skipped"] = f"out of memory ({type(exc).__name__})"
-                print(f"[bench]   {method}: skipped ({row['skipped']})", flush=True)
-            else:
-                raise
-        finally:
-            if runner is not None:
-                runner.close()
-            runner = None
-        results.append(row)
-
+    h, t = make_data(B, D, d, C, args.seed)
+    rows = check_rows(t, D)
+    xp = backend.xp
+    W0 = make_W0(D, d, args.seed)              # on the host: the reference moves it block by block
+    ref = refs.softmax_sgd_step(xp, W0, xp.zeros(D, dtype=DTYPE), backend.asarray(h),
+                                backend.asarray(t), args.lr, rows)
+    ref = {k: (v if isinstance(v, float) else numpy.asarray(backend.to_host(v))) for k, v in ref.items()}
+    reference = harness.Reference(ref, harness.update_allowances({"W": W0[rows]}, DTYPE))
     del W0
-    by_method = {r["method"]: r for r in results}
+
+    methods = [m for m in METHODS if m in args.methods and not (m == "torch" and torch is None)]
+    payload = lambda m: dict(method=m, B=B, D=D, d=d, C=C, lr=args.lr, seed=args.seed)   # noqa: E731
+    results = harness.run_methods(
+        methods, lambda m: build_runner(payload(m), backend, torch, env["torch_device"]),
+        lambda runner, values: reference, CHECK_TOLERANCES, args, env, label=f"B={B} D={D} d={d}",
+        estimate=lambda m: estimate_bytes(m, B, D, d, C), payload=payload,
+        script=os.path.abspath(__file__))
+
+    rows_out = []
+    for method in methods:
+        r = dict(B=B, D=D, d=d, device=device, device_name=env["device_name"], dtype="float32",
+                 method=method, chunk_size=C if method in CHUNKED else None,
+                 flops=(8 if method in CHUNKED else 6) * B * D * d, loss=None,
+                 reference_loss=ref["loss"])
+        r.update(results[method])
+        r["floor_ms"] = r["flops"] / env["peak_rate"] * 1e3
+        rows_out.append(r)
+    by_method = {r["method"]: r for r in rows_out}
     tr = by_method.get("torch")
-    for r in results:
+    for r in rows_out:
         r["pct_floor"] = 100.0 * r["floor_ms"] / r["ms"] if r["ms"] else None
         r["total_bytes"] = (r["peak_bytes"] + r["resident_bytes"]
                             if r["peak_bytes"] is not None and r["resident_bytes"] is not None else None)
@@ -459,7 +288,7 @@ def run_config(B, D, d, args, env):
                 r["total_vs_torch"] = r["total_bytes"] / tr["total_bytes"]
         r["peak_rate_gflops"] = env["peak_rate"] / 1e9
         r["torch_note"] = env["torch_note"]
-    return results
+    return rows_out
 
 
 # ---------------------------------------------------------------------------- main
@@ -478,7 +307,6 @@ def build_parser():
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
                    help="methods to run (default: all)")
     p.add_argument("--no-torch", action="store_true", help="leave PyTorch out")
-    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)   # measurement subprocess
     return p
 
 
@@ -486,27 +314,26 @@ def table_notes(env, args):
     dev = env["device"]
     if dev == "gpu":
         peak = ("peak = max bytes allocated during one step minus bytes allocated just before it "
-                "(CuPy pool via a MemoryHook; torch.cuda.max_memory_allocated); "
-                "resident = bytes allocated before the step")
-    else:
+                "(CuPy pool via a MemoryHook; torch.cuda.max_memory_allocated)")
+    elif harness.memory_mode(args, dev) == "child":
         peak = ("peak = growth of the peak resident set during one step over the resident set "
                 "before it, measured alike for every method in a fresh process (VmHWM reset; "
-                "glibc mmaps blocks >= 64 KiB); resident = bytes of the arrays held between steps")
-        if not bc.rss_peak_supported()[0]:
-            peak = ("peak: ours = tracemalloc (NumPy allocations) during one step; torch = "
-                    "'estimated' analytically (3 B x D float32), not measured; "
-                    "resident = bytes of the arrays held between steps")
+                "glibc mmaps blocks >= 64 KiB)")
+    else:
+        peak = ("peak: ours = tracemalloc (NumPy allocations) during one step; torch = "
+                "'estimated' analytically (3 B x D float32), not measured")
+    tol = ", ".join(f"{k} {v:g}" for k, v in CHECK_TOLERANCES.items())
     return [
         f"device: {env['device_name']}; float32; {env['torch_note']}"
         + (f"; {bc.cupy_tf32_note()}" if dev == "gpu" else ""),
         f"one step = forward + backward (incl. dh) + SGD update of W and b; ms = median of "
-        f"{args.repeats} after {args.warmup} warm-up",
+        f"{args.repeats}, methods interleaved round-robin, after {args.warmup} warm-up",
         f"floor = 6 B D d flops (chunked: 8 B D d) at the measured peak matmul rate "
         f"{env['peak_rate'] / 1e9:.0f} GFLOP/s; %floor = floor_ms / ms",
-        peak,
+        peak + "; resident = bytes of the arrays held between steps",
         "total = resident + peak (the step's whole footprint); x torch = ours / torch",
-        f"check = first step vs the reference method (loss rel < {LOSS_RTOL:g}; dh, dW rows, db "
-        f"< {ARRAY_RTOL:g} of max) and loss vs float64 where small",
+        f"check = first step vs the float64 reference, relative error < ({tol}); "
+        f"FAILED rows are not timed",
     ]
 
 
@@ -525,16 +352,13 @@ TABLE_COLUMNS = [
     ("resident MiB", lambda r: bc.fmt_mib(r["resident_bytes"])),
     ("total MiB", lambda r: bc.fmt_mib(r["total_bytes"])),
     ("total x torch", lambda r: bc.fmt_num(r["total_vs_torch"], "{:.3f}")),
-    ("check", lambda r: "-" if r["check_ok"] is None else ("ok" if r["check_ok"] else "FAILED")),
+    ("check", harness.check_cell),
 ]
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
-    if args._child is not None:
-        return child_main(json.loads(args._child))
-    backend, device, device_name = bc.resolve_backend(args.device)
-    bc.finish_args(args, device)
+    args, env = harness.start(build_parser(), argv, build_runner)
+    backend, device, device_name = env["backend"], env["device"], env["device_name"]
     print(f"[bench] device: {device_name}", flush=True)
 
     torch, tdev, torch_note = (None, None, "PyTorch left out (--no-torch)")
@@ -547,33 +371,26 @@ def main(argv=None):
     if device == "gpu":
         print(f"[bench] {bc.cupy_tf32_note()}", flush=True)
 
-    n = 1024 if args.tiny else (8192 if device == "gpu" else 2048)
-    rate = bc.matmul_rate(backend, DTYPE, n=n, repeats=3)
-    rates = {"engine": rate}
+    n = 256 if args.tiny else (8192 if device == "gpu" else 2048)
+    rates = {"engine": bc.matmul_rate(backend, DTYPE, n=n, repeats=3)}
     if torch is not None:
         rates["torch"] = bc.torch_matmul_rate(torch, tdev, n=n, repeats=3)
-    bc.release_memory(backend, torch)
+    bm.release_memory(backend, torch)
     peak_rate = max(rates.values())
     print("[bench] peak float32 matmul rate (n=%d): %s" % (
         n, ", ".join(f"{k} {v / 1e9:.0f} GFLOP/s" for k, v in rates.items())), flush=True)
 
-    env = dict(backend=backend, device=device, device_name=device_name, torch=torch,
-               torch_device=tdev, torch_note=torch_note, peak_rate=peak_rate)
+    env.update(torch=torch, torch_device=tdev, torch_note=torch_note, peak_rate=peak_rate)
     rows = []
     for B, D, d in make_grid(args, device):
         rows.extend(run_config(B, D, d, args, env))
 
     if args.json:
-        path = bc.write_json(args.json, rows)
-        print(f"[bench] wrote {path}", flush=True)
-    failed = [r for r in rows if r["check_ok"] is False]
-    if failed:
-        print(f"[bench] {len(failed)} CORRECTNESS FAILURE(S): "
-              + "; ".join(f"B={r['B']} D={r['D']} d={r['d']} {r['method']}" for r in failed),
-              flush=True)
+        print(f"[bench] wrote {bc.write_json(args.json, rows)}", flush=True)
+    status = harness.report_failures(rows, lambda r: f"B={r['B']} D={r['D']} d={r['d']} {r['method']}")
     bc.print_table("Exact softmax output layer: one SGD step, ours vs PyTorch",
                    TABLE_COLUMNS, rows, table_notes(env, args))
-    return 1 if failed else 0
+    return status
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Reproduction: meProp on MNIST (Sun et al. 2017, Table 1 MNIST row and Table 8; PAPERS.md s.3).
+"""Reproduction: meProp on MNIST (Sun et al. 2017, Table 1 MNIST row and Table 8; docs/meprop.md).
 
 MLP 784-500-500-10 (ReLU, softmax output), Adam (lr 1e-3), float32, trained with the engine
 (Engine + MLPClassifier) for --epochs epochs on the 55,000 training images (5,000 held out as
@@ -17,7 +17,7 @@ Our baseline is BLAS (OpenBLAS, or cuBLAS on the GPU), so the speed-ups are expe
 much smaller: the paper's figure measures against a naive baseline.
 
 With --device gpu it also runs the Table 8 setting: hidden 8192 8192, unified, k in
-{8, 512}, batch --big-batch (1024; the paper's batch for Table 8 is not recorded in PAPERS.md:
+{8, 512}, batch --big-batch (1024; the paper's batch for Table 8 is not recorded (docs/meprop.md#reported-figures):
 an assumption), paper: overall backprop 17,696 ms -> 1,501 ms at k = 8 (11.8x), 4,874 ms at
 k = 512 (3.6x).
 
@@ -34,16 +34,14 @@ import time
 
 import numpy
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import _bench_common as bc  # noqa: E402
-from engine import Engine  # noqa: E402
-from engine.data.registry import describe  # noqa: E402
-from engine.data.mnist import STEMS, prepare_mnist, write_idx  # noqa: E402
-from engine.layers import Linear  # noqa: E402
-from engine.models.build import build_model_for  # noqa: E402
-from engine.optim import Adam  # noqa: E402
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
+import _bench_common as bc
+from engine import Engine
+from engine.data.registry import describe
+from engine.data.mnist import STEMS, prepare_mnist, write_idx
+from engine.layers import Linear
+from engine.models.build import build_model_for
+from engine.optim import Adam
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_IDX = os.path.join(os.path.dirname(ROOT), "shared", "data", "mnist")
@@ -53,7 +51,9 @@ PAPER_T8_MS = {"baseline": 17696.0, 8: 1501.0, 512: 4874.0}
 
 
 def build_parser():
-    p = bc.make_parser(__doc__.split("\n")[0])
+    p = bc.make_parser(__doc__.split("\n")[0], measures_memory=False)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64: the CPU reference numbers the golden tests pin")
     p.add_argument("--data", default=None, help="MNIST HDF5 or IDX folder (default: shared copy)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per setting (default 2 CPU, 10 GPU)")
     p.add_argument("--batch-size", type=int, default=100,
@@ -120,7 +120,8 @@ def run_setting(name, mode, k, data, args, device, hidden, batch, quiet=False):
     meprop = None if mode is None else {"k": k, "mode": mode, "seed": args.seed}
     info = describe(data)
     model = build_model_for(info, {"hidden": hidden, "meprop": meprop})
-    engine = Engine(model, Adam(lr=args.lr), device=device, seed=args.seed, verbose=False)
+    engine = Engine(model, Adam(lr=args.lr), device=device, seed=args.seed, dtype=args.dtype,
+                    verbose=False)
     # no gradient for the input images (the released C# code skips it too): without this the
     # dense baseline would pay a full (B, 784) x (784, 500) product that nobody uses
     if isinstance(engine.model.body[0], Linear):

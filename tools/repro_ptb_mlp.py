@@ -23,6 +23,8 @@ import os
 import sys
 import tempfile
 
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
+
 REFERENCE_TEST_PPL = 140.0      # classic feed-forward NNLM on PTB (approximate)
 GOAL_TEST_PPL = 150.0
 
@@ -35,8 +37,12 @@ def main(argv=None):
     p.add_argument("--quick", action="store_true", help="one short epoch (a smoke run, not the result)")
     p.add_argument("--json", default=None)
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--run-dir", default=None)
+    p.add_argument("--run-dir", default=None, help="run folder (default: run/ in the work folder)")
+    p.add_argument("--work-dir", default=None,
+                   help="where the prepared ptb.h5 goes (default: a new temporary folder)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64: the CPU reference numbers the golden tests pin")
     args = p.parse_args(argv)
 
     from engine import Adam, Engine
@@ -44,13 +50,14 @@ def main(argv=None):
     from engine.models.build import build_model_for
     from engine.data.prepare import prepare_ptb
 
-    work = tempfile.mkdtemp(prefix="ptb-")
+    work = args.work_dir or tempfile.mkdtemp(prefix="ptb-")
     corpus = os.path.join(work, "ptb.h5")
     print(prepare_ptb(args.ptb, corpus))
     model = build_model_for(describe(corpus), {"context": 5, "embed_dim": 256, "hidden": [512],
                                                "activation": "tanh", "dropout": 0.3,
                                                "output": "softmax"})
-    engine = Engine(model, Adam(lr=1e-3, schedule="plateau:0.5"), device=args.device, seed=args.seed)
+    engine = Engine(model, Adam(lr=1e-3, schedule="plateau:0.5"), device=args.device, seed=args.seed,
+                    dtype=args.dtype)
     epochs = 1 if args.quick else args.epochs
     history = engine.train(corpus, epochs=epochs, batch_size=256, valid=corpus,
                            max_steps_per_epoch=200 if args.quick else None,

@@ -1,10 +1,10 @@
-"""The MLP language model with the factored output layers of Vincent et al. (PAPERS.md s.1).
+"""The MLP language model with the factored output layers of Vincent et al. (docs/factored.md).
 
 For each corpus (default: the prepared PTB /tmp/data/ptb.h5 and the shipped SOTU corpus
 /tmp/data/sotu.h5, or any `engine prepare` HDF5 given with --data) and each output (default:
 factored-spherical, factored-squared, softmax), trains MLPLanguageModel(context, embed, hidden
 tanh) with Adam on the body; the factored layers take their own exact SGD step with
---factored-lr (PAPERS.md s.1.4: Adam cannot be exact on W = V U). Prints test perplexity and
+--factored-lr (docs/factored.md#why-only-sgd: Adam cannot be exact on W = V U). Prints test perplexity and
 seconds per epoch side by side with the papers' figures.
 
 Perplexity: exact for softmax and for the spherical softmax (p_c = (o_c^2 + eps) / (q + D eps),
@@ -17,7 +17,7 @@ marks it `normalised-outputs`.
     python tools/repro_vincent.py --data /tmp/data/ptb.h5 --epochs 1 --max-steps-per-epoch 500
     python tools/repro_vincent.py --quick                       # about a minute on a CPU
 
-Papers' figures (PAPERS.md s.1.5, secondary source): spherical losses trail log-softmax on PTB,
+Papers' figures (docs/factored.md#reported-figures, secondary source): spherical losses trail log-softmax on PTB,
 perplexity about 147-149 against 126.7.
 """
 from __future__ import annotations
@@ -31,7 +31,7 @@ import time
 
 import numpy
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
 
 PAPER = {"softmax": 126.7, "factored-spherical": 148.0, "factored-squared": None}
 DEFAULT_DATA = ["/tmp/data/ptb.h5", "/tmp/data/sotu.h5"]
@@ -77,7 +77,8 @@ def run_one(data, output, args):
     model = build_model_for(info, {"context": args.context, "embed_dim": args.embed,
                                    "hidden": [args.hidden], "activation": "tanh", "output": output,
                                    "output_kwargs": kw})
-    engine = Engine(model, Adam(lr=args.lr), device=args.device, seed=args.seed, verbose=False)
+    engine = Engine(model, Adam(lr=args.lr), device=args.device, seed=args.seed, dtype=args.dtype,
+                    verbose=False)
     t0 = time.perf_counter()
     history = engine.train(data, epochs=args.epochs, batch_size=args.batch_size, valid=None,
                            max_steps_per_epoch=args.max_steps_per_epoch, progress=False)
@@ -85,7 +86,7 @@ def run_one(data, output, args):
     row = {"data": os.path.basename(data), "vocab": vocab, "output": output, "device": engine.device,
            "epochs": len(history), "max_steps_per_epoch": args.max_steps_per_epoch,
            "seconds_per_epoch": sum(h["seconds"] for h in history) / len(history),
-           "train_seconds": train_s, "train_loss": history[-1].get("loss"),
+           "train_seconds": train_s, "train_loss": history[-1]["train_loss"],
            "paper_test_perplexity": PAPER.get(output) if "ptb" in os.path.basename(data) else None}
     if model.output.has_likelihood:
         row["test_perplexity"] = engine.evaluate(data, split="test")["perplexity"]
@@ -124,6 +125,8 @@ def main(argv=None):
     p.add_argument("--blas-threads", type=int, default=0,
                    help="limit BLAS threads for every run (0: leave as is; 1 helps on a busy CPU)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64: the CPU reference numbers the golden tests pin")
     p.add_argument("--quick", action="store_true", help="1 epoch of 100 steps per run (smoke test)")
     p.add_argument("--json", default=None)
     args = p.parse_args(argv)

@@ -1,4 +1,4 @@
-"""Reproduce PAPERS.md section 4 (fixed fan-in output layers, Schultheis & Babbar 2023) at the
+"""Reproduce Schultheis & Babbar 2023 (fixed fan-in output layers, docs/fixed-fanin.md) at the
 scale this machine allows: Bibtex and Delicious, dense output vs FFI vs FFI after an intermediate
 layer (P@1/3/5, PSP@k, memory, time per epoch); and the Amazon-670K memory table beside the paper's.
 
@@ -16,7 +16,7 @@ Adam (lr 1e-3, batch 32, as in the paper). Rows:
     most-frequent     every test point gets the k most frequent training labels (a floor)
 Memory columns are measured on the trained model: output = the output layer's weights, bias and
 FFI indices plus its Adam moments (bytes of the arrays the optimizer holds); model = the same for
-every layer. Time = median seconds per training epoch. PAPERS.md gives no Bibtex/Delicious
+every layer. Time = median seconds per training epoch. The paper gives no Bibtex/Delicious
 figures, so there is no paper column in part 1.
 
 Part 2, Amazon-670K shapes (670,091 labels, 768-d input, batch 32, Adam, float32): bytes of the
@@ -37,9 +37,7 @@ import time
 import numpy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.dirname(HERE))
-sys.path.insert(0, HERE)
-
+import _path  # noqa: F401  (this checkout's engine first on sys.path)
 from _bench_common import print_table, write_json  # noqa: E402
 
 
@@ -57,7 +55,8 @@ DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data",
 MiB = 2.0 ** 20
 GiB = 2.0 ** 30
 
-#: PAPERS.md section 4, Amazon-670K: (P@1, P@3, P@5, peak GPU memory GiB, s/epoch)
+#: the paper's Amazon-670K table (docs/fixed-fanin.md#reported-figures): (P@1, P@3, P@5, peak
+#: GPU memory GiB, s/epoch)
 PAPER_AMAZON = {
     "dense": (47.52, 42.26, 38.28, 13.43, 624),
     "ffi k=32": (37.09, 31.62, 27.56, 0.97, 234),
@@ -106,7 +105,7 @@ def run_config(path, label, args, hidden, intermediate, output_kwargs):
     model = build_model_for(info, {"hidden": [hidden], "intermediate": intermediate,
                                    "output": "squared-hinge", "output_kwargs": output_kwargs})
     engine = Engine(model, make_optimizer("adam", lr=args.lr), device=args.device, seed=args.seed,
-                    verbose=False)
+                    dtype=args.dtype, verbose=False)
     history = engine.train(path, epochs=args.epochs, batch_size=args.batch_size, valid=None,
                            run_dir=None, progress=False,
                            max_steps_per_epoch=args.max_steps_per_epoch)
@@ -229,6 +228,8 @@ def main(argv=None):
     p.add_argument("--fan-in", type=int, default=32)
     p.add_argument("--rewire-every", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="float64: the CPU reference numbers the golden tests pin")
     p.add_argument("--amazon-data", default=None,
                    help="a synthetic Amazon-670K-shape file (engine prepare xmc-synthetic "
                         "--amazon-670k): also time --amazon-steps training steps on it")
@@ -263,7 +264,7 @@ def main(argv=None):
                     f"{args.hidden}", _cols(cols), table,
                     notes=["P@k, PSP@k (normalised by the best achievable), nDCG@k in %; MiB = params "
                            "(+FFI indices) + Adam moments, measured on the trained model",
-                           "PAPERS.md gives no Bibtex/Delicious figures; 'most-frequent' is a floor"])
+                           "the paper gives no Bibtex/Delicious figures; 'most-frequent' is a floor"])
     cols2 = ["config", "ours: output GiB", "ours: + intermediate GiB", "paper: peak GiB",
              "paper P@1", "paper s/epoch"]
     print_table("Amazon-670K shape (670,091 labels, 768-d input, batch 32, Adam, float32): "
