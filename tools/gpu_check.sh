@@ -176,7 +176,7 @@ stage_install() {
     fi
     if "$PY" -m pip install -q --no-build-isolation --no-deps -e "$REPO"; then
         echo "pip: installed the engine in editable mode (no build isolation, no dependencies)"
-        env -u PYTHONPATH "$PY" -c "import engine, rawkernels; print('import engine ->', engine.__file__)"
+        (cd / && env -u PYTHONPATH "$PY" -c "import engine, rawkernels; print('installed: import engine ->', engine.__file__)")
     else
         echo "pip install failed: the engine is imported from PYTHONPATH=$REPO instead"
     fi
