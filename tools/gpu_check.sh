@@ -348,7 +348,8 @@ for status in sorted(glob.glob(os.path.join(folder, "*.status"))):
     entry["rows"] = json.load(open(rows)) if os.path.exists(rows) else None
     merged["bench_" + name] = entry
 json.dump(merged, open(out, "w"), indent=1)
-print(f"bench.json: {', '.join(f'{k} ({len(v['rows'] or [])} rows, exit {v.get('rc')})' for k, v in merged.items())}")
+for name, entry in merged.items():
+    print(f"bench.json: {name}: {len(entry['rows'] or [])} rows, exit status {entry.get('rc')}")
 PY
     return $failed
 }
@@ -425,6 +426,9 @@ else
     say "=== SKIPPED bench: no time left"; record bench skipped 0 "no time left"
 fi
 merge_junit 2>&1 | tee -a "$LOG"
+if command -v nvidia-smi >/dev/null 2>&1; then       # clocks and throttling after the load
+    timeout 10 nvidia-smi --query-gpu=name,memory.used,clocks.sm,clocks.mem,clocks_throttle_reasons.active,temperature.gpu,power.draw --format=csv 2>&1 | tee -a "$LOG"
+fi
 write_summary "${DETECT#yes }"
 if cut -f2 "$STATUS" | grep -qvE '^(ok|skipped)$'; then
     say "gpu_check.sh: some stages did not pass (see the summary)"
