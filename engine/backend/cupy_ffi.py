@@ -10,7 +10,8 @@ Path "kernel" (rawkernels/ffi.cu):
                for each input the slots reading it, in slot order), so every dx[b, i] is summed
                in one fixed order.
 Path "cusparse": a cupyx CSR view W (L, I) of the same storage, indptr = arange(0, L K + 1, K),
-indices = idx.ravel(), data = w.ravel(), built once per index version and kept in
+indices = idx.ravel(), data = w.ravel() (int32 indices, int64 past 2^31 - 1 entries:
+cupy_sparse._index_dtype), built once per index version and kept in
 `index.cache` (no host read: flagged canonical, rows hold distinct indices). While every row is
 sorted the view shares w's memory (the optimizer updates w in place, so the view stays current);
 after rewiring (rows no longer sorted) a row-sorting permutation and the permuted indices are
@@ -29,6 +30,7 @@ from __future__ import annotations
 import numpy
 
 from . import kernels
+from .cupy_sparse import _index_dtype
 from .numpy_ffi import build_csc, csc_bytes, row_sort_permutation
 
 _KERNEL_DTYPES = (numpy.dtype(numpy.float32), numpy.dtype(numpy.float64))
@@ -56,7 +58,7 @@ class CupyFFI:
         if entry is None or entry[0] is not w_lk:
             n_labels, fan_in = index.shape
             nnz = n_labels * fan_in
-            it = numpy.int32 if nnz <= 2 ** 31 - 1 else numpy.int64
+            it = _index_dtype(n_labels, index.in_features, nnz)
             indptr = xp.arange(0, nnz + 1, fan_in, dtype=it)
             flat_idx = index.idx.reshape(-1)
             if index.rows_sorted:
