@@ -223,9 +223,17 @@ def run_one(exp, run, data, runs_dir, device, quick):
         best = int(numpy.argmin(losses))
         return len(losses) - 1 - best >= patience
 
+    error = None
     while engine.epoch < max_epochs and not (engine.history and stalled(engine.history)):
-        engine.train(data, epochs=engine.epoch + 1, batch_size=batch, valid=data,
-                     run_dir=run_dir, max_steps_per_epoch=steps, progress=False)
+        try:
+            engine.train(data, epochs=engine.epoch + 1, batch_size=batch, valid=data,
+                         run_dir=run_dir, max_steps_per_epoch=steps, progress=False)
+        except Exception as exc:     # a refused step or a divergence ends this run, not the study
+            error = f"{type(exc).__name__}: {exc}"
+            print(f"[study] {run['name']}: stopped in epoch {engine.epoch + 1}: {error}", flush=True)
+            if not engine.history:
+                raise
+            break
         h = engine.history[-1]
         print(f"[study] {run['name']}: epoch {h['epoch']} valid loss {h['valid_loss']:.4f}"
               + (f" ppl {h['valid_perplexity']:.2f}" if "valid_perplexity" in h else "")
@@ -265,7 +273,8 @@ def run_one(exp, run, data, runs_dir, device, quick):
     row = {"name": run["name"], "output": run["output"], **row_extra,
            "output_kwargs": run.get("output_kwargs", {}), "device": engine.device,
            "epochs": len(history), "best_epoch": best_epoch,
-           "stopped": ("patience" if len(history) < max_epochs else "max_epochs"),
+           "stopped": (error if error else "patience" if len(history) < max_epochs
+                       else "max_epochs"),
            "test_perplexity": test_ppl, "perplexity_kind": kind,
            "best_valid_loss": history[best_epoch - 1]["valid_loss"],
            "seconds_per_epoch": float(numpy.mean([h["seconds"] for h in history])),
