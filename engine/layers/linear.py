@@ -68,7 +68,8 @@ class Linear(Layer):
         if self.meprop is not None and self.meprop["k"] < self.out_features:
             self.grads["W"], dx = meprop_backward(self.backend, dy, x, self.params["W"],
                                                   self.meprop, self._meprop_random_key(),
-                                                  need_dx=self.input_grad)
+                                                  need_dx=self.input_grad,
+                                                  row_offset=self.row_offset)
         else:
             self.grads["W"] = dy.T @ x
             dx = dy @ self.params["W"] if self.input_grad else None
