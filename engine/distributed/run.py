@@ -91,7 +91,7 @@ def prepare_model(comm, model, optimizer, seed, dtype):
     """Check that every rank builds the same model and optimizer (one all-gather of a hash;
     ValueError on every rank naming those that differ), then replace the output layer by its
     label-sharded version (engine/distributed/step.py shard_model). Before the model is bound."""
-    check_same_everywhere(comm, "models or optimizers", {
+    check_same_everywhere(comm, "configurations or data (their models or optimizers differ)", {
         "model": type(model).__name__, "config": model.config(),
         "optimizer": type(optimizer).__name__, "optimizer_config": optimizer.config(),
         "seed": int(seed), "dtype": str(dtype)})
@@ -209,9 +209,9 @@ def rank_share(loader, comm):
 
 
 def reduce_sums(comm, xp, sums):
-    """{key: 0-d float64} summed over the ranks in one all-reduce (keys in sorted order, the
-    same on every rank: every rank evaluates the same number of minibatches)."""
-    keys = sorted(sums)
+    """{key: 0-d float64} summed over the ranks in one all-reduce (the keys come in the same
+    order on every rank: every rank evaluates the same number of minibatches of one model)."""
+    keys = list(sums)
     if not keys:
         return sums
     packed = xp.stack([xp.asarray(sums[k], dtype=numpy.float64).reshape(()) for k in keys])

@@ -30,6 +30,9 @@ FEATURES = 20
 #: the XMC file (tests write it once): train / test points, features, labels
 XMC_SHAPE = (300, 40, 30, 17)
 CLASSES = 7
+#: the corpus file: its text repeated (9 words, <eos> and <unk>)
+CORPUS_TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n"
+CORPUS_VOCAB = 11
 
 
 def _lm_batches(rng, count, batch=BATCH):
@@ -81,6 +84,11 @@ SCENARIOS = {
                                    SGD(lr=0.3, momentum=0.9)), "lm"),
     # dropout in the body: each rank draws its rows of the single-process mask
     "softmax-dropout": (lambda: (_lm("softmax", dropout=0.3), Adam(lr=0.01)), "lm"),
+    # a language-model corpus file (NGramLoader), chunked softmax with dropout
+    "softmax-corpus": (lambda: (MLPLanguageModel(CORPUS_VOCAB, context=2, embed_dim=8,
+                                                 hidden=[16], dropout=0.2,
+                                                 output_kwargs={"chunk_size": 5}),
+                                Adam(lr=0.01)), "corpus.h5"),
     # a classification file (ClassificationLoader), one label per row
     "softmax-classifier": (lambda: (MLPClassifier(FEATURES, CLASSES, hidden=[16]),
                                     Adam(lr=0.01)), "classes.h5"),
@@ -144,7 +152,8 @@ def data(name, data_dir):
 
 def write_files(data_dir):
     """The scenarios' data files (deterministic): classes.h5 (classification, 260 train and 26
-    test rows) and xmc.h5 (an XMC file of XMC_SHAPE)."""
+    test rows), xmc.h5 (an XMC file of XMC_SHAPE) and corpus.h5 (a language-model corpus of
+    CORPUS_VOCAB words)."""
     from engine.data.classification import write_classification
     from engine.data.xmc import prepare_xmc
     from engine.data.xmc_synthetic import write_synthetic_xmc
@@ -160,4 +169,12 @@ def write_files(data_dir):
     write_synthetic_xmc(tr, te, n_train, n_test, features, labels, labels_per_point=2,
                         features_per_point=6, seed=5)
     prepare_xmc(tr, te, os.path.join(data_dir, "xmc.h5"), valid_fraction=0.1)
+    from engine.data.prepare import prepare_text
+    texts = {"train": CORPUS_TEXT * 14, "valid": CORPUS_TEXT, "test": CORPUS_TEXT * 2}
+    for split, text in texts.items():
+        with open(os.path.join(data_dir, f"corpus_{split}.txt"), "w") as f:
+            f.write(text)
+    prepare_text([os.path.join(data_dir, "corpus_train.txt")],
+                 [os.path.join(data_dir, "corpus_valid.txt")],
+                 [os.path.join(data_dir, "corpus_test.txt")], os.path.join(data_dir, "corpus.h5"))
     return data_dir
