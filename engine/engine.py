@@ -140,8 +140,8 @@ class Engine:
             self.check_data(info)
             return make_dataset_loader(info, split, batch_size, shuffle=shuffle, seed=self.seed,
                                        backend=self.backend,
-                                       context=self.model.context if info.kind == LM_CORPUS else None,
-                                       part=self._part)
+                                       context=(self.model.context if info.kind == LM_CORPUS
+                                                else None), part=self._part)
         raise TypeError(f"cannot make a loader from {type(data).__name__}: give a dataset path, its "
                         f"DatasetInfo, an (x, y) pair or an engine.data.arrays.Loader")
 
@@ -300,7 +300,8 @@ class Engine:
                         break
                     sync = (self.step + 1) % sync_every == 0
                     loss = self.train_step(x, y, check_finite=sync)
-                    rows = int(y.shape[0]) if self._distributed is None else self._distributed.global_rows
+                    rows = (int(y.shape[0]) if self._distributed is None     # every rank's rows
+                            else self._distributed.global_rows)
                     loss_sum += loss.astype(numpy.float64) * rows
                     self.epoch_examples += rows
                     self.batch_in_epoch += 1

@@ -1,8 +1,9 @@
 """Run a scenario (dist_scenarios.py) and collect what the tests compare: per-step losses, the
 final model and optimizer state (single-process key names), evaluation metrics.
 
-    run_engine(name, data_dir, comm=None)   through Engine.train / Engine.evaluate: one process
-                                            (comm None, the reference) or this rank of `comm`
+    run_engine(name, data_dir, comm=None)   through Engine.train / evaluate / predict_topk: one
+                                            process (comm None, the reference) or this rank of
+                                            `comm`
     run_steps(name, comm)                   the DistributedStep level (no Engine) over the
                                             scenario's fixed minibatches, one rank in-process
     run_steps_reference(name)               the same minibatches through Engine.train_step
@@ -56,6 +57,10 @@ def run_engine(name, data_dir, comm=None):
     metrics = {k: v for k, v in engine.evaluate(evaluation, split="test", batch_size=B).items()
                if k not in KEEP}
     state = _states(engine.model, engine.optimizer)
+    if isinstance(evaluation, tuple):     # the top 3 of the first 7 rows, every rank all rows
+        ids, scores = engine.predict_topk(evaluation[0][:7], k=3)
+        state["predict/ids"] = numpy.asarray(engine.backend.to_host(ids))
+        state["predict/scores"] = numpy.asarray(engine.backend.to_host(scores))
     return {"losses": losses, "state": state, "sharded": _split_keys(engine.model, state),
             "metrics": metrics, "train_loss": history[-1]["train_loss"]}
 
