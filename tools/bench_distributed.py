@@ -303,8 +303,10 @@ def rank_job(cfg):
     rates = {}
     if comm.size == 1:              # the per-rank roofline (one thread), for model_ms
         step = layer = optimizer = None
-        rates = {"flops_rate": bc.matmul_rate(backend, DTYPE, n=2048, repeats=3),
-                 "copy_rate": copy_rate(backend)}
+        small = cfg.get("tiny", False)
+        rates = {"flops_rate": bc.matmul_rate(backend, DTYPE, n=256 if small else 2048,
+                                              repeats=3),
+                 "copy_rate": copy_rate(backend, (8 if small else 256) << 20)}
     if comm.rank == 0:
         with open(cfg["result"], "w") as f:
             json.dump({"ranks": ranks, "errors": errors, "device": backend.device, **rates}, f)
@@ -424,6 +426,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         for cfg in configurations(args):
             cfg.update(device=device, seed=args.seed, repeats=args.repeats, warmup=args.warmup,
+                       tiny=bool(args.tiny),
                        first_step=os.path.join(tmp, f"{cfg['name']}-first.npz"))
             single_peak, rates = None, {}
             for n in args.ranks:

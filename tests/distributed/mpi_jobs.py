@@ -18,6 +18,7 @@ import time
 
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_worker.py")
 PLANTED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_planted.py")
+NO_PLOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_no_plot")
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
@@ -46,17 +47,18 @@ def run_job(n, *args, timeout=180):
                timeout)
 
 
-def run_engine(n, *args, timeout=180):
+def run_engine(n, *args, timeout=180, plots=True):
     """`mpiexec -n N engine ARGS` (python -m engine.cli from the repository root, so the ranks
-    run this checkout's engine)."""
+    run this checkout's engine); plots=False hides matplotlib (no plot.png, a second saved per
+    epoch)."""
     return run([mpiexec(), "-n", str(n), sys.executable, "-m", "engine.cli",
-                *[str(a) for a in args]], timeout)
+                *[str(a) for a in args]], timeout, plots)
 
 
 def run_planted(n, how, rank, step, *args, timeout=180):
     """`mpiexec -n N engine ARGS` with a failure planted on rank RANK at step STEP + 1."""
     return run([mpiexec(), "-n", str(n), sys.executable, PLANTED, how, str(rank), str(step),
-                "--", *[str(a) for a in args]], timeout)
+                "--", *[str(a) for a in args]], timeout, plots=False)
 
 
 def run_mpmd(*commands, timeout=180):
@@ -65,12 +67,14 @@ def run_mpmd(*commands, timeout=180):
     for i, args in enumerate(commands):
         cmd += ([":"] if i else []) + ["-n", "1", sys.executable, "-m", "engine.cli",
                                        *[str(a) for a in args]]
-    return run(cmd, timeout)
+    return run(cmd, timeout, plots=False)
 
 
-def run(cmd, timeout=180):
+def run(cmd, timeout=180, plots=True):
     """Run a launcher command line from the repository root; the CompletedProcess has .seconds."""
     env = _env()
+    if not plots:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [NO_PLOT, env.get("PYTHONPATH")]))
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
                           stdin=subprocess.DEVNULL)
