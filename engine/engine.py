@@ -43,8 +43,8 @@ from .data.hdf5_schema import LMCorpus
 from .data.info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 from .data.registry import as_info
 from .data.registry import make_loader as make_dataset_loader
-from .models import build_model
 from .distributed.comm import SingleProcess
+from .models import build_model
 from .runlog import RunLog, default_run_dir
 
 
@@ -219,10 +219,15 @@ class Engine:
         """
         if run_dir == "auto":
             run_dir = default_run_dir()
+        training = {"epochs": epochs, "batch_size": batch_size,
+                    "max_steps_per_epoch": max_steps_per_epoch,
+                    "checkpoint_every": checkpoint_every, "sync_every": sync_every,
+                    "eval_batch_size": eval_batch_size, "progress": progress}
         if self.comm.size > 1:     # the same run on every rank (checked), in rank 0's folder
-            run_dir = self._check_run(train, valid, run_dir, epochs, batch_size,
-                                      max_steps_per_epoch, checkpoint_every, sync_every,
-                                      eval_batch_size, progress, run_config)
+            from .config import resolved_run_config
+            from .distributed.run import check_run
+            run_dir = check_run(self.comm, resolved_run_config(self, _data_path(train), training,
+                                                               run_config), train, valid, run_dir)
         self.run_dir = run_dir
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
         valid_loader = None
@@ -233,10 +238,6 @@ class Engine:
             log = None
             if run_dir:
                 from .config import resolved_run_config
-                training = {"epochs": epochs, "batch_size": batch_size,
-                            "max_steps_per_epoch": max_steps_per_epoch,
-                            "checkpoint_every": checkpoint_every, "sync_every": sync_every,
-                            "eval_batch_size": eval_batch_size, "progress": progress}
                 config = resolved_run_config(self, _data_path(train), training, run_config)
                 if self.comm.is_root:
                     log = RunLog(run_dir, config=config, quiet=not self.verbose)
@@ -252,19 +253,6 @@ class Engine:
         finally:
             _close_owned(loader, train)
             _close_owned(valid_loader, valid)
-
-    def _check_run(self, train, valid, run_dir, epochs, batch_size, max_steps_per_epoch,
-                   checkpoint_every, sync_every, eval_batch_size, progress, run_config):
-        """Every rank must train the same run on the same data (one all-gather of a hash of the
-        resolved options and the data's description); returns rank 0's run folder."""
-        from .config import resolved_run_config
-        from .distributed.run import check_run
-        training = {"epochs": epochs, "batch_size": batch_size,
-                    "max_steps_per_epoch": max_steps_per_epoch,
-                    "checkpoint_every": checkpoint_every, "sync_every": sync_every,
-                    "eval_batch_size": eval_batch_size, "progress": progress}
-        config = resolved_run_config(self, _data_path(train), training, run_config)
-        return check_run(self.comm, config, train, valid, run_dir)
 
     def _train_epochs(self, loader, valid_loader, log, epochs, batch_size, checkpoint_every,
                       max_steps_per_epoch, max_steps, sync_every, progress):
