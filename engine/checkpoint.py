@@ -6,6 +6,8 @@ Layout (format "engine-checkpoint", format_version 1):
                     vocabulary hash, running sums of the current epoch
   /model/<key>      every parameter (host arrays, in the model's dtype)
   /optimizer/<key>  every optimizer buffer and scalar
+  attr shard        (distributed runs only) JSON: a rank's shard, or the manifest naming the
+                    shard files (engine/distributed/checkpoints.py); absent in one process
 
 Writes are atomic: the file is written next to its destination under a temporary name, flushed
 to disk, then renamed over the destination; a failure leaves any earlier checkpoint untouched.
@@ -32,7 +34,7 @@ def _h5py():
 
 
 def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind, optimizer_config,
-                    optimizer_state, engine_state):
+                    optimizer_state, engine_state, shard=None):
     h5py = _h5py()
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
@@ -47,6 +49,8 @@ def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind,
             f.attrs["model_config"] = json.dumps(model_config)
             f.attrs["optimizer_kind"] = optimizer_kind
             f.attrs["optimizer_config"] = json.dumps(optimizer_config)
+            if shard is not None:
+                f.attrs["shard"] = json.dumps(shard)
             # a dataset, not an attribute: the history can outgrow HDF5's 64 KiB attribute limit
             f.create_dataset("engine_state", data=json.dumps(engine_state))
             g = f.create_group("model")
@@ -84,7 +88,8 @@ def _datasets(group):
 
 def load_checkpoint(path):
     """-> dict with model_kind, model_config, model_state, optimizer_kind, optimizer_config,
-    optimizer_state, engine_state. Raises CheckpointError naming the file and the problem."""
+    optimizer_state, engine_state, shard (None in one process). Raises CheckpointError naming
+    the file and the problem."""
     h5py = _h5py()
     path = os.fspath(path)
     if not os.path.exists(path):
@@ -111,6 +116,7 @@ def load_checkpoint(path):
                 "optimizer_state": _datasets(f["optimizer"]),
             }
             out["optimizer_state"].update(json.loads(f["optimizer"].attrs["scalars"]))
+            out["shard"] = json.loads(f.attrs["shard"]) if "shard" in f.attrs else None
         except (KeyError, OSError, ValueError) as exc:
             raise CheckpointError(f"{path}: damaged checkpoint ({type(exc).__name__}: {exc})") from None
     return out

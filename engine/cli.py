@@ -1,4 +1,4 @@
-"""The `engine` command: prepare | train | evaluate | predict | bench.
+"""The `engine` command: prepare | train | evaluate | predict | checkpoint | bench.
 
     engine train                                # the embedded default: SOTU corpus, small MLP LM
     engine train --data ptb.h5 --epochs 10 --json
@@ -13,9 +13,13 @@
     engine train --data xmc.h5 --intermediate 2048 --weights ffi --fan-in 32 --json
     engine train --config runs/<run>/config.toml  # repeat a run (flags given too override it)
     engine bench softmax --quick                 # runs tools/bench_softmax.py from a source checkout
+    mpiexec -n 2 engine train --data xmc.h5 ...  # 2 ranks: data-parallel body, labels split
+    engine checkpoint merge runs/<run> --output single.h5    # a sharded run -> one file
+    engine checkpoint split single.h5 --ranks 4 --output runs/<run4>   # and back, for 4 ranks
 
 With --json, the last line printed is one JSON object with the final metrics.
-Bad input ends with a one-line error naming the file and the problem (exit status 2).
+Bad input ends with a one-line error naming the file and the problem (exit status 2). Under
+`mpiexec -n N` rank 0 prints; a rank that fails prints its error and ends every rank.
 `engine train`'s flags are built from the option declarations of the models, output layers,
 optimizers and training (engine/cli_train.py); this file parses the other commands.
 """
@@ -32,6 +36,8 @@ COMMANDS = {
     "evaluate": "evaluate a checkpoint on a dataset split",
     "predict": "the most probable next words after a text (a language-model checkpoint)",
     "prepare": "convert a corpus or a classification dataset to the engine's HDF5 files",
+    "checkpoint": "merge a sharded checkpoint (mpiexec -n N engine train) into one file, or "
+                  "split a checkpoint for N ranks",
     "bench": "run a benchmark script of tools/ (source checkout only)",
 }
 
@@ -81,7 +87,26 @@ def _add_evaluate_arguments(e):
     e.add_argument("--split", default="test", choices=("train", "valid", "test"))
     e.add_argument("--batch-size", type=int, default=512, help="(default: 512)")
     e.add_argument("--device", choices=["auto", "cpu", "gpu"], default="auto")
+    e.add_argument("--distributed", choices=["auto", "single", "mpi", "nccl"], default="auto",
+                   help="under mpiexec -n N: evaluate on N ranks (default: auto, as engine train)")
     e.add_argument("--json", action="store_true")
+
+
+def _add_checkpoint_arguments(c):
+    csub = c.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    m = csub.add_parser("merge", help="a sharded checkpoint (its manifest, or a run folder "
+                                      "holding checkpoint.h5) -> one single-process file")
+    m.add_argument("source", help="the manifest (runs/<run>/checkpoint.h5 or best.h5) or the "
+                                  "run folder")
+    m.add_argument("--output", required=True, help="the single-process checkpoint to write")
+    m.add_argument("--json", action="store_true")
+    p = csub.add_parser("split", help="a checkpoint (one file, or a manifest of any number of "
+                                      "ranks) -> a manifest and one shard per rank")
+    p.add_argument("source", help="the checkpoint, or a run folder holding checkpoint.h5")
+    p.add_argument("--ranks", type=int, required=True, help="the number of ranks N")
+    p.add_argument("--output", required=True,
+                   help="the folder to write checkpoint.h5 (the manifest) and its shards to")
+    p.add_argument("--json", action="store_true")
 
 
 def _add_predict_arguments(q):
@@ -186,6 +211,7 @@ def cmd_train(args):
     from . import cli_train as ct
     from .data.registry import describe
     from .engine import metric_keys
+    from .distributed.environment import requested
     from .options import run_values
     from .runlog import RunLog
     from .train_options import RUN_OPTIONS, TRAIN_OPTIONS
@@ -201,27 +227,33 @@ def cmd_train(args):
         values.update(ct.recorded_data(values["resume"]))
     data = values.get("data") or _default_data()
     info = describe(data)
-    run = run_values(RUN_OPTIONS, {k: values[k] for k in ("test", "json") if k in values})
+    run = run_values(RUN_OPTIONS, {k: values[k] for k in ("test", "json", "distributed")
+                                   if k in values})
+    comm = requested(run["distributed"])          # None: one process
     if "resume" in values:
-        engine, changes = ct.resume_engine(values, info, table)
+        engine, changes = ct.resume_engine(values, info, table, comm=comm)
+        args.root = engine.comm.is_root
         train_given = {o.name: values[o.dest] for o in TRAIN_OPTIONS if o.dest in values}
         if "batch_size" not in train_given and engine.batch_size is not None:
             train_given["batch_size"] = engine.batch_size      # the checkpoint's, not the default
         training = ct.training_values(train_given)
         if training["run_dir"] is None:
             training["run_dir"] = os.path.dirname(os.path.abspath(values["resume"]))
-        RunLog(training["run_dir"]).line(
-            f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
-            f"{engine.step}" + (f"; changed: {', '.join(changes)}" if changes else ""))
+        if args.root:
+            RunLog(training["run_dir"]).line(
+                f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
+                f"{engine.step}" + (f"; changed: {', '.join(changes)}" if changes else ""))
     else:
         chosen = ct.choose_owners(values, info, table)
         plan = ct.plan_for(values, table, chosen)
-        engine = ct.build_engine(plan, info)
+        engine = ct.build_engine(plan, info, comm=comm)
+        args.root = engine.comm.is_root
         training = ct.training_values(plan.values["train"])
     run_dir = training.pop("run_dir") or "auto"
     valid = info if info.has_split("valid") else None
     history = engine.train(info, valid=valid, run_dir=run_dir,
-                           run_config={"test": run["test"], "json": run["json"]}, **training)
+                           run_config={"test": run["test"], "json": run["json"],
+                                       "distributed": run["distributed"]}, **training)
     last = history[-1] if history else {}
     result = {"device": engine.device, "epochs": engine.epoch, "steps": engine.step,
               "loss": last.get("train_loss"), "perplexity": last.get("train_perplexity"),
@@ -242,7 +274,7 @@ def cmd_train(args):
                  if k not in ("loss", "perplexity", "examples", "seconds", "device")}
         for key, value in extra.items():
             result[f"test_{key}"] = value
-        print(f"[engine] test loss {test['loss']:.4f}" +
+        _say(args, f"[engine] test loss {test['loss']:.4f}" +
               (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else "") +
               "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
     args.json = run["json"]
@@ -255,9 +287,12 @@ def _positive(flag, value):
 
 
 def cmd_evaluate(args):
+    from .distributed.environment import requested
     from .engine import Engine
     _positive("--batch-size", args.batch_size)
-    engine = Engine.from_checkpoint(args.checkpoint, device=args.device)
+    engine = Engine.from_checkpoint(args.checkpoint, device=args.device,
+                                    comm=requested(args.distributed))
+    args.root = engine.comm.is_root
     data = args.data or _default_data()
     metrics = engine.evaluate(data, split=args.split, batch_size=args.batch_size)
     line = f"[engine] {args.split}: loss {metrics['loss']:.4f}"
@@ -266,7 +301,7 @@ def cmd_evaluate(args):
     for key, value in metrics.items():
         if key not in ("loss", "perplexity", "examples", "seconds", "device"):
             line += f", {key} {value:.4f}"
-    print(line + f" over {metrics['examples']:,} examples in {metrics['seconds']:.1f} s")
+    _say(args, line + f" over {metrics['examples']:,} examples in {metrics['seconds']:.1f} s")
     return {"split": args.split, **metrics, "perplexity": metrics.get("perplexity")}
 
 
@@ -333,6 +368,29 @@ def cmd_prepare(args):
     return info if isinstance(info, dict) else info.as_dict()
 
 
+def cmd_checkpoint(args):
+    """merge: a manifest -> one file; split: a checkpoint -> a manifest and N shards."""
+    from .distributed import checkpoints as dc
+    if args.action == "merge":
+        out = dc.write_merged(args.source, args.output)
+    elif args.action == "split":
+        _positive("--ranks", args.ranks)
+        out = dc.write_split(args.source, args.ranks, args.output)
+    else:
+        raise SystemExit("engine checkpoint: choose merge or split (see engine checkpoint -h)")
+    info = dc.describe_checkpoint(out)
+    print(f"[engine] wrote {out}: {info['ranks']} rank(s), epoch {info['epoch']}, step "
+          f"{info['step']}" + (f", {info['num_labels']:,} labels split" if info["num_labels"]
+                               and info["ranks"] > 1 else ""))
+    return info
+
+
+def _say(args, text):
+    """Print on rank 0 only (every rank runs the command under mpiexec)."""
+    if getattr(args, "root", True):
+        print(text)
+
+
 def cmd_bench(args):
     import subprocess
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -359,16 +417,25 @@ def main(argv=None):
         if args.command == "bench":
             return cmd_bench(args)
         result = {"train": cmd_train, "evaluate": cmd_evaluate, "predict": cmd_predict,
-                  "prepare": cmd_prepare}[args.command](args)
+                  "prepare": cmd_prepare, "checkpoint": cmd_checkpoint}[args.command](args)
     except (DataError, CheckpointError, FileNotFoundError, ValueError) as exc:
-        print(f"engine {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"engine {args.command}: error: {exc}", 2)
     except TrainingDiverged as exc:
-        print(f"engine {args.command}: training diverged: {exc}", file=sys.stderr)
-        return 3
+        return _fail(f"engine {args.command}: training diverged: {exc}", 3)
     if getattr(args, "json", False):
-        print(json.dumps(result, default=float))
+        _say(args, json.dumps(result, default=float))
     return 0
+
+
+def _fail(message, code):
+    """Print a failed command's one line and return its exit status; under mpiexec with several
+    ranks, end every rank (engine/distributed/environment.py abort_job)."""
+    if not any(os.environ.get(v) for v in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE",
+                                           "MV2_COMM_WORLD_SIZE")):
+        print(message, file=sys.stderr)
+        return code
+    from .distributed.environment import abort_job
+    return abort_job(message, code)
 
 
 if __name__ == "__main__":

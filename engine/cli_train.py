@@ -283,8 +283,8 @@ def choose_owners(values, info, table):
 
 
 # ------------------------------------------------------------------------------- building
-def build_engine(plan, info):
-    """Model, optimizer and Engine of a fresh run."""
+def build_engine(plan, info, comm=None):
+    """Model, optimizer and Engine of a fresh run (`comm`: Engine's, None in one process)."""
     from .engine import Engine
     from .models.build import build_model_for
     from .optim import make_optimizer
@@ -312,7 +312,7 @@ def build_engine(plan, info):
             plan.chosen["optimizer"].options, plan.values["optimizer"]))
     except TypeError as exc:            # a value of the wrong type in --output-kwargs
         raise OptionError(f"{exc}") from None
-    return Engine(model, optimizer, **engine_vals)
+    return Engine(model, optimizer, **engine_vals, comm=comm)
 
 
 def training_values(given):
@@ -321,9 +321,10 @@ def training_values(given):
 
 
 # ------------------------------------------------------------------------------- resuming
-def resume_engine(values, info, table):
+def resume_engine(values, info, table, comm=None):
     """The checkpoint's engine with the resumable options applied; OptionError listing the
-    given options that would change what a checkpoint fixes. Returns (engine, changes)."""
+    given options that would change what a checkpoint fixes. Returns (engine, changes).
+    `comm`: Engine's (None in one process; a sharded checkpoint is then merged in memory)."""
     from .config import read_config, resolved_run_config
     from .engine import Engine
     from .optim import make_schedule
@@ -337,7 +338,8 @@ def resume_engine(values, info, table):
         raise OptionError("; ".join(problems))
     path = values["resume"]
     # quiet while deciding: a refused resume prints its one error line and nothing else
-    engine = Engine.from_checkpoint(path, device=values.get("device", "auto"), verbose=False)
+    engine = Engine.from_checkpoint(path, device=values.get("device", "auto"), verbose=False,
+                                    comm=comm)
     engine.verbose = True
     engine.check_data(info)
     before = {}
@@ -389,7 +391,7 @@ def resume_engine(values, info, table):
 
 
 #: resumable flags that change only what is shown, not the training: not logged as changes
-_DISPLAY = ("json", "progress", "test", "run-dir")
+_DISPLAY = ("json", "progress", "test", "run-dir", "distributed")
 
 
 def recorded_data(checkpoint):

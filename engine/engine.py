@@ -17,6 +17,12 @@ Determinism: parameters are drawn from `seed` on the host; epoch `e` is shuffled
 and the position (epoch, batch in epoch, step, running sums), so a resumed run continues exactly
 as the uninterrupted run would (bit-identical on the CPU).
 
+Several processes or GPUs: `Engine(..., comm=...)` with a communicator or a kind ("auto"
+detects `mpiexec -n N`; engine/distributed): each rank reads its share of every global
+minibatch, the output layer's labels are split over the ranks, rank 0 alone prints and writes
+the run folder's files, every rank writes its checkpoint shard (engine/distributed/run.py,
+checkpoints.py). The result equals the single-process run's up to rounding (float64: 1e-10).
+
 Divergence: at every sync point (every step on the CPU, every `sync_every` steps on the GPU) the
 loss is checked before the update; a NaN or inf stops training with `TrainingDiverged`, and the
 last checkpoint written (before the bad step) is kept.
@@ -37,6 +43,7 @@ from .data.hdf5_schema import LMCorpus
 from .data.info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 from .data.registry import as_info
 from .data.registry import make_loader as make_dataset_loader
+from .distributed.comm import SingleProcess
 from .models import build_model
 from .runlog import RunLog, default_run_dir
 
@@ -69,16 +76,30 @@ def _data_path(data):
 
 
 class Engine:
-    def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True):
-        self.backend = get_backend(device, verbose=verbose)
+    def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True,
+                 comm=None):
+        if comm is None:
+            self.backend = get_backend(device, verbose=verbose)
+            self.comm, self._part, self._distributed = SingleProcess(), None, None
+        else:                       # engine/distributed: the communicator and this rank's device
+            from .distributed.run import attach
+            self.backend, self.comm = attach(comm, device, verbose)
+            self._part, self._distributed = None, None
         self.device = self.backend.device
         self.device_asked = device
         self.seed, self.dtype, self.verbose = int(seed), numpy.dtype(dtype), verbose
         if self.dtype not in (numpy.float32, numpy.float64):
             raise ValueError(f"dtype must be float32 or float64, got {dtype}")
+        if self.comm.size > 1:      # the same model on every rank; its output's labels split
+            from .distributed.run import prepare_model
+            model = prepare_model(self.comm, model, optimizer, self.seed, self.dtype)
+            self._part = (self.comm.rank, self.comm.size)
         self.model = model.bind(self.backend, self.seed, self.dtype)
         self.optimizer = optimizer
         optimizer.bind(self.backend)
+        if self.comm.size > 1:
+            from .distributed.step import DistributedStep
+            self._distributed = DistributedStep(self.model, optimizer, self.comm, self.seed)
         # training position: everything a resumed run needs to continue exactly
         self.step = 0            # optimizer steps taken
         self.epoch = 0           # epochs completed
@@ -98,24 +119,29 @@ class Engine:
     def make_loader(self, data, split, batch_size, shuffle):
         """Any supported data source -> a Loader (engine/data/arrays.py)."""
         if isinstance(data, Loader):
+            if self._part is not None:        # global minibatches -> this rank's rows
+                from .distributed.run import rank_share
+                return rank_share(data, self.comm)
             return data
         if isinstance(data, tuple) and len(data) == 2:
             self.model.validate_data(data[0], data[1], name=f"{split} data")
             return ArrayLoader(data[0], data[1], batch_size, shuffle=shuffle, seed=self.seed,
-                               backend=self.backend)
+                               backend=self.backend, part=self._part)
         if isinstance(data, LMCorpus):                 # an opened corpus: the caller's file
             self._check_kind(LM_CORPUS, data.path, "engine-lm-corpus")
             self.model.check_dataset(data, data.path)            # its vocab_size
             self._check_vocabulary(data.path, data.vocab_hash())
             from .data.loader import NGramLoader
             return NGramLoader(data, split, context=self.model.context, batch_size=batch_size,
-                               shuffle=shuffle, seed=self.seed, backend=self.backend)
+                               shuffle=shuffle, seed=self.seed, backend=self.backend,
+                               part=self._part)
         if isinstance(data, (str, os.PathLike, DatasetInfo)):
             info = as_info(data)
             self.check_data(info)
             return make_dataset_loader(info, split, batch_size, shuffle=shuffle, seed=self.seed,
                                        backend=self.backend,
-                                       context=self.model.context if info.kind == LM_CORPUS else None)
+                                       context=(self.model.context if info.kind == LM_CORPUS
+                                                else None), part=self._part)
         raise TypeError(f"cannot make a loader from {type(data).__name__}: give a dataset path, its "
                         f"DatasetInfo, an (x, y) pair or an engine.data.arrays.Loader")
 
@@ -146,6 +172,8 @@ class Engine:
     # -------------------------------------------------------------- training
     def train_step(self, x, y, check_finite=True):
         """One forward, backward and update. Returns the loss (0-d device array)."""
+        if self._distributed is not None:
+            return self._distributed_step(x, y, check_finite)
         self.model.set_random_key(self.seed, self.step)
         loss = self.model.forward(x, y, train=True)
         if check_finite:
@@ -168,6 +196,15 @@ class Engine:
         self.model.after_step(self.step, self.optimizer)   # e.g. dynamic rewiring every N steps
         return loss
 
+    def _distributed_step(self, x, y, check_finite):
+        """train_step over the ranks (engine/distributed/step.py): x, y are this rank's rows;
+        the loss returned is the global minibatch's, the same on every rank."""
+        loss = self._distributed.step(
+            x, y, epoch=self.epoch, check_finite=check_finite, step=self.step,
+            where=f"epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} (step {self.step + 1})")
+        self.step += 1
+        return loss
+
     def train(self, train, epochs=1, batch_size=128, valid=None, run_dir=None,
               checkpoint_every=None, max_steps_per_epoch=None, max_steps=None, sync_every=None,
               progress=True, eval_batch_size=None, run_config=None):
@@ -182,6 +219,15 @@ class Engine:
         """
         if run_dir == "auto":
             run_dir = default_run_dir()
+        training = {"epochs": epochs, "batch_size": batch_size,
+                    "max_steps_per_epoch": max_steps_per_epoch,
+                    "checkpoint_every": checkpoint_every, "sync_every": sync_every,
+                    "eval_batch_size": eval_batch_size, "progress": progress}
+        if self.comm.size > 1:     # the same run on every rank (checked), in rank 0's folder
+            from .config import resolved_run_config
+            from .distributed.run import check_run
+            run_dir = check_run(self.comm, resolved_run_config(self, _data_path(train), training,
+                                                               run_config), train, valid, run_dir)
         self.run_dir = run_dir
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
         valid_loader = None
@@ -192,13 +238,16 @@ class Engine:
             log = None
             if run_dir:
                 from .config import resolved_run_config
-                training = {"epochs": epochs, "batch_size": batch_size,
-                            "max_steps_per_epoch": max_steps_per_epoch,
-                            "checkpoint_every": checkpoint_every, "sync_every": sync_every,
-                            "eval_batch_size": eval_batch_size, "progress": progress}
                 config = resolved_run_config(self, _data_path(train), training, run_config)
-                log = RunLog(run_dir, config=config, quiet=not self.verbose)
+                if self.comm.is_root:
+                    log = RunLog(run_dir, config=config, quiet=not self.verbose)
+                else:              # ranks > 0 write their checkpoint shards, nothing else
+                    from .distributed.run import RankLog
+                    log = RankLog(run_dir)
                 log.write_config()
+                if self.comm.size > 1:
+                    log.line(f"[engine] {self.comm.size} ranks ({type(self.comm).__name__}); "
+                             f"output: {type(self.model.output).__name__}")
             return self._train_epochs(loader, valid_loader, log, epochs, batch_size, checkpoint_every,
                                       max_steps_per_epoch, max_steps, sync_every, progress)
         finally:
@@ -231,7 +280,7 @@ class Engine:
         while self.epoch < epochs:
             self._t0 = time.perf_counter()
             loss_sum = xp.zeros((), dtype=numpy.float64) + self.epoch_loss_sum
-            bar = self._progress(progress, n_batches, self.batch_in_epoch)
+            bar = self._progress(progress and self.comm.is_root, n_batches, self.batch_in_epoch)
             batches = epoch_batches(loader, self.epoch, self.batch_in_epoch)
             try:
                 for x, y in batches:
@@ -239,7 +288,8 @@ class Engine:
                         break
                     sync = (self.step + 1) % sync_every == 0
                     loss = self.train_step(x, y, check_finite=sync)
-                    rows = int(y.shape[0])
+                    rows = (int(y.shape[0]) if self._distributed is None     # every rank's rows
+                            else self._distributed.global_rows)
                     loss_sum += loss.astype(numpy.float64) * rows
                     self.epoch_examples += rows
                     self.batch_in_epoch += 1
@@ -372,6 +422,9 @@ class Engine:
             for key, value in self.model.eval_sums(x, y).items():
                 value = xp.asarray(value, dtype=numpy.float64)
                 sums[key] = sums[key] + value if key in sums else value
+        if self.comm.size > 1:     # every rank's part of the sums, added in one all-reduce
+            from .distributed.run import reduce_sums
+            sums = reduce_sums(self.comm, xp, sums)
         host = {key: float(value) for key, value in sums.items()}
         n = int(round(host.get("count", 0)))
         if n == 0:
@@ -384,6 +437,9 @@ class Engine:
         return result
 
     def predict_topk(self, x, k=1):
+        if self.comm.size > 1:     # each rank its rows of x; every rank gets all rows
+            from .distributed.run import predict_topk
+            return predict_topk(self, x, k)
         return self.model.predict_topk(self.backend.asarray(x), k)
 
     # ----------------------------------------------------------- checkpoints
@@ -395,15 +451,26 @@ class Engine:
                 "data_vocab_hash": self.data_vocab_hash, "batch_size": self.batch_size}
 
     def save_checkpoint(self, path):
+        if self.comm.size > 1:     # one shard per rank and a manifest at `path`
+            from .distributed.checkpoints import save_sharded
+            return save_sharded(self, path)
         opt = self.optimizer
         save_checkpoint(path, self.model.kind, self.model.config(), self.model.state_dict(),
                         type(opt).__name__.lower(), opt.config(), opt.state_dict(), self.engine_state())
 
     @classmethod
-    def from_checkpoint(cls, path, device="auto", verbose=True):
-        """Rebuild model, optimizer and training position from a checkpoint."""
+    def from_checkpoint(cls, path, device="auto", verbose=True, comm=None):
+        """Rebuild model, optimizer and training position from a checkpoint. `comm` (see
+        __init__): the ranks to continue on; a sharded checkpoint (a manifest) is read by each
+        rank as its shard, or merged (and split again) for another number of ranks."""
         from .optim import optimizer_from_config
         ck = load_checkpoint(path)
+        if comm is not None:
+            from .distributed.run import attach
+            _, comm = attach(comm, device, verbose)
+        if ck.get("shard") is not None or comm is not None and comm.size > 1:
+            from .distributed.checkpoints import checkpoint_for_rank
+            ck = checkpoint_for_rank(path, ck, comm.rank if comm else 0, comm.size if comm else 1)
         state = ck["engine_state"]
         try:
             model = build_model(ck["model_kind"], ck["model_config"])
@@ -411,7 +478,7 @@ class Engine:
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{path}: cannot rebuild the model/optimizer: {exc}") from None
         engine = cls(model, optimizer, device=device, seed=state["seed"], dtype=state["dtype"],
-                     verbose=verbose)
+                     verbose=verbose, comm=comm)
         try:
             model.load_state_dict(ck["model_state"])
         except (KeyError, ValueError) as exc:

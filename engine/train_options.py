@@ -22,7 +22,8 @@ ENGINE_OPTIONS = (
 )
 ENGINE_NOT_OPTIONS = {"model": "built from the data and the model options",
                       "optimizer": "built from --optimizer and its options",
-                      "verbose": "the Python API's switch for printing"}
+                      "verbose": "the Python API's switch for printing",
+                      "comm": "from --distributed and the launcher (mpiexec -n N)"}
 
 #: Engine.train(data, epochs, batch_size, ...)
 TRAIN_OPTIONS = (
@@ -65,6 +66,10 @@ RUN_OPTIONS = (
            resumable=True),
     Option("json", default=False, switch=True, help="end with one JSON line of the final "
            "metrics", resumable=True),
+    Option("distributed", parse_str, "auto", "how the ranks of `mpiexec -n N engine train` "
+           "work together: auto (MPI when launched with several ranks, NCCL between GPUs; one "
+           "process otherwise), single (ignore the launcher), mpi, nccl (one GPU per rank)",
+           choices=("auto", "single", "mpi", "nccl"), resumable=True),
 )
 #: given only on the command line, never in a config file
 COMMAND_LINE_ONLY = (

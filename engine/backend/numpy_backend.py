@@ -296,7 +296,8 @@ class Backend(TopKPrimitives, FFIPrimitives, FactoredPrimitives, SparsePrimitive
         param[rows_n], m[rows_n], v[rows_n] = p, mm, vv
 
     # ------------------------------------------------------------ randomness
-    def uniform(self, shape, key, dtype):
+    def uniform(self, shape, key, dtype, offset=0):
         """Counter-based uniform [0, 1) numbers: the same key gives the same numbers on every
-        backend (dropout masks are identical on CPU and GPU, and need no saved RNG state)."""
-        return uniform_from_key(self.xp, shape, key, dtype)
+        backend (dropout masks are identical on CPU and GPU, and need no saved RNG state);
+        `offset` numbers the elements from there (a rank's rows of a global minibatch)."""
+        return uniform_from_key(self.xp, shape, key, dtype, offset)

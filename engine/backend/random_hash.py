@@ -1,9 +1,14 @@
 """Counter-based random numbers that are identical on NumPy and CuPy.
 
-`uniform_from_key(xp, shape, key, dtype)` hashes (key, element index) with the splitmix64
-finaliser in uint64 arithmetic that wraps the same way on both array modules. A dropout mask is
-a pure function of (seed, step, layer): the CPU and the GPU draw the same mask, and a resumed run
-draws what the uninterrupted run would have, with no generator state to save.
+`uniform_from_key(xp, shape, key, dtype, offset=0)` hashes (key, element index) with the
+splitmix64 finaliser in uint64 arithmetic that wraps the same way on both array modules. A
+dropout mask is a pure function of (seed, step, layer): the CPU and the GPU draw the same mask,
+and a resumed run draws what the uninterrupted run would have, with no generator state to save.
+
+`offset` numbers the elements from `offset` instead of 0: an array (R, ...) keyed with offset
+r0 * (elements per row) holds rows r0 ... r0 + R - 1 of the array (B, ...) drawn with offset 0.
+A rank that holds rows [r0, r0 + R) of a global minibatch (engine/distributed) so draws exactly
+the masks of those rows in the single-process run.
 """
 from __future__ import annotations
 
@@ -28,14 +33,18 @@ def mix_key(*parts: int) -> int:
     return h
 
 
-def uniform_from_key(xp, shape, key, dtype):
-    """Uniform [0, 1) array of `shape`, a pure function of `key` (an int or tuple of ints)."""
+def uniform_from_key(xp, shape, key, dtype, offset=0):
+    """Uniform [0, 1) array of `shape`, a pure function of `key` (an int or tuple of ints) and
+    of each element's index counted from `offset` (see the module docstring)."""
     if isinstance(key, (tuple, list)):
         key = mix_key(*key)
     n = int(numpy.prod(shape)) if len(shape) else 1
     u64 = xp.uint64
     with numpy.errstate(over="ignore"):
-        z = xp.arange(n, dtype=u64) * u64(_GOLDEN) + u64(int(key) & _MASK64)
+        index = xp.arange(n, dtype=u64)
+        if offset:
+            index += u64(int(offset) & _MASK64)
+        z = index * u64(_GOLDEN) + u64(int(key) & _MASK64)
         z = (z ^ (z >> u64(30))) * u64(_MUL1)
         z = (z ^ (z >> u64(27))) * u64(_MUL2)
         z = z ^ (z >> u64(31))

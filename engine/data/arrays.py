@@ -6,6 +6,13 @@ the loader holds a file). Epoch `e` is shuffled by `numpy.random.default_rng([se
 same (seed, epoch) gives the same batches and a resumed epoch yields exactly the batches the
 uninterrupted one would have. Subclasses: ArrayLoader (here), NGramLoader (loader.py),
 ClassificationLoader (classification.py), XMCLoader (xmc.py).
+
+A rank's share (distributed training, engine/distributed): every loader here takes
+`part=(rank, size)` and then yields only rows [rank B_i / size, (rank + 1) B_i / size) of each
+global minibatch i (B_i rows: the batch size, or fewer for the last one), reading only those
+rows; the global minibatches, their number and their order are those of the single-process
+loader with the same seed, so the ranks' shares in rank order are its minibatches. A share may
+have no row (a minibatch smaller than the number of ranks).
 """
 from __future__ import annotations
 
@@ -17,6 +24,24 @@ import numpy
 def batches_per_epoch(num_examples, batch_size, drop_last=False):
     """Batches in one epoch of the loader protocol (the last one short unless drop_last)."""
     return num_examples // batch_size if drop_last else -(-num_examples // batch_size)
+
+
+def check_part(part):
+    """None, or a valid (rank, size) pair (see the module docstring)."""
+    if part is None:
+        return None
+    rank, size = (int(v) for v in part)
+    if size < 1 or not 0 <= rank < size:
+        raise ValueError(f"part must be (rank, size) with 0 <= rank < size, got {part!r}")
+    return rank, size
+
+
+def part_slice(rows, part):
+    """This rank's rows of a global minibatch of `rows` rows: [r B / N, (r + 1) B / N)."""
+    if part is None:
+        return slice(0, rows)
+    rank, size = part
+    return slice(rank * rows // size, (rank + 1) * rows // size)
 
 
 def epoch_order(num_examples, shuffle, seed, epoch):
@@ -71,7 +96,8 @@ def epoch_batches(loader, epoch=0, start_batch=0):
 
 
 class ArrayLoader(Loader):
-    def __init__(self, x, y, batch_size, shuffle=True, seed=0, backend=None, drop_last=False):
+    def __init__(self, x, y, batch_size, shuffle=True, seed=0, backend=None, drop_last=False,
+                 part=None):
         x, y = numpy.asarray(x), numpy.asarray(y)
         if x.shape[0] != y.shape[0]:
             raise ValueError(f"ArrayLoader: x has {x.shape[0]} rows but y has {y.shape[0]}")
@@ -82,6 +108,7 @@ class ArrayLoader(Loader):
         self.x, self.y = x, y
         self.batch_size, self.shuffle, self.seed = int(batch_size), shuffle, seed
         self.backend, self.drop_last = backend, drop_last
+        self.part = check_part(part)
 
     @property
     def num_examples(self):
@@ -98,4 +125,5 @@ class ArrayLoader(Loader):
         put = self.backend.asarray if self.backend is not None else (lambda a: a)
         for i in range(start_batch, len(self)):
             idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            idx = idx[part_slice(idx.shape[0], self.part)]
             yield put(self.x[idx]), put(self.y[idx])

@@ -31,7 +31,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
-from .arrays import Loader, batches_per_epoch, epoch_order
+from .arrays import Loader, batches_per_epoch, check_part, epoch_order, part_slice
 from .atomic_h5 import AtomicH5Writer
 
 FORMAT = "engine-classification"
@@ -251,7 +251,7 @@ class ClassificationLoader(Loader):
     start_batch)` (epoch e shuffled by numpy.random.default_rng([seed, e])), `close()`."""
 
     def __init__(self, path, split, batch_size, shuffle=True, seed=0, backend=None,
-                 max_memory_bytes=2 << 30):
+                 max_memory_bytes=2 << 30, part=None):
         if int(batch_size) < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.file = open_classification(path)
@@ -262,6 +262,7 @@ class ClassificationLoader(Loader):
                 raise DataError(f"{path}: split {split!r} is empty")
             self.split, self.batch_size = split, int(batch_size)
             self.shuffle, self.seed, self.backend = shuffle, seed, backend
+            self.part = check_part(part)      # (rank, size): this rank's rows of each batch
             self._n = n
             self._x = self._y = None
             if self.file.nbytes(split) <= max_memory_bytes:
@@ -283,6 +284,9 @@ class ClassificationLoader(Loader):
     def _rows(self, idx):
         if self._x is not None:
             return self._x[idx], self._y[idx]
+        if idx.size == 0:                   # a rank's empty share of a small minibatch
+            return (np.zeros((0, self.file.num_features), dtype=np.float32),
+                    np.zeros((0,), dtype=np.int64))
         srt = np.argsort(idx, kind="stable")
         x, y = self.file.read(self.split, idx[srt])       # h5py needs increasing indices
         inv = np.empty_like(srt)
@@ -293,17 +297,19 @@ class ClassificationLoader(Loader):
         order = self.order(epoch)
         put = self.backend.asarray if self.backend is not None else (lambda a: a)
         for i in range(start_batch, len(self)):
-            x, y = self._rows(order[i * self.batch_size:(i + 1) * self.batch_size])
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            x, y = self._rows(idx[part_slice(idx.shape[0], self.part)])
             yield put(x), put(y)
 
     def close(self):
         self.file.close()
 
 
-def make_loader(path, split, batch_size, shuffle=True, seed=0, backend=None):
-    """The registry's make_loader(): a ClassificationLoader over one split."""
+def make_loader(path, split, batch_size, shuffle=True, seed=0, backend=None, part=None):
+    """The registry's make_loader(): a ClassificationLoader over one split (`part`: a rank's
+    share of every minibatch, engine/data/arrays.py)."""
     return ClassificationLoader(path, split, batch_size, shuffle=shuffle, seed=seed,
-                                backend=backend)
+                                backend=backend, part=part)
 
 
 __all__ = ["FORMAT", "FORMAT_VERSION", "ClassificationFile", "ClassificationLoader",

@@ -24,6 +24,10 @@ order. Across chunks, examples mix at the granularity of a chunk: keep `chunk_to
 default, 16 Mi positions, holds PTB, the shipped SOTU corpus and text8 whole, so their shuffle is
 global) so a batch draws from a wide stretch of the corpus.
 
+A rank's share (`part=(rank, size)`, distributed training): each global batch i of B_i rows
+is formed as above, and only its rows [rank B_i / size, (rank + 1) B_i / size) are gathered from
+the chunk windows (engine/data/arrays.py); the batches' number and order do not change.
+
 Prefetch: with prefetch=True a background thread prepares the next batches (host indexing and
 `backend.asarray`, i.e. the host-to-device copy) into a queue of 2 while the consumer works on the
 current one. An exception in the thread is re-raised in the consumer; when the consumer stops
@@ -40,7 +44,7 @@ from typing import Iterator, Optional, Tuple
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from .arrays import Loader
+from .arrays import Loader, check_part, part_slice
 from .errors import DataError
 from .hdf5_schema import LMCorpus, open_lm_corpus
 
@@ -69,7 +73,7 @@ class NGramLoader(Loader):
 
     def __init__(self, corpus_or_path, split: str, context: int, batch_size: int,
                  shuffle: bool = True, seed: int = 0, backend=None, chunk_tokens: int = DEFAULT_CHUNK_TOKENS,
-                 drop_last: bool = False, prefetch: bool = True):
+                 drop_last: bool = False, prefetch: bool = True, part=None):
         self.context = _positive_int("context", context)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.chunk_tokens = _positive_int("chunk_tokens", chunk_tokens)
@@ -79,6 +83,7 @@ class NGramLoader(Loader):
         self.prefetch = bool(prefetch)
         self.backend = backend
         self.split = split
+        self.part = check_part(part)            # (rank, size): this rank's rows of each batch
         if isinstance(corpus_or_path, LMCorpus):
             self.corpus, self._owns_corpus = corpus_or_path, False
         else:
@@ -159,6 +164,8 @@ class NGramLoader(Loader):
         first = start_batch * B                      # position in the epoch's sequence
         k0 = int(np.searchsorted(ends, first, side="right"))
         remaining = len(self) - start_batch          # batches still to yield
+        batch = start_batch
+        mine = self._own_rows(batch)                 # this rank's rows of the current batch
         pending, have = [], 0
         for k in range(k0, len(order)):
             c = int(order[k])
@@ -169,7 +176,9 @@ class NGramLoader(Loader):
             i = 0
             while i < positions.shape[0]:
                 take = positions[i:i + B - have]
-                pending.append(windows[take])
+                lo, hi = max(mine.start - have, 0), min(mine.stop - have, take.shape[0])
+                if lo < hi:
+                    pending.append(windows[take[lo:hi]])
                 have += take.shape[0]
                 i += take.shape[0]
                 if have == B:
@@ -177,12 +186,21 @@ class NGramLoader(Loader):
                     remaining -= 1
                     if remaining <= 0:
                         return
+                    batch += 1
+                    mine = self._own_rows(batch)
                     pending, have = [], 0
         if have and remaining > 0 and not self.drop_last:
             yield self._split_xy(pending, C)
 
+    def _own_rows(self, batch):
+        """This loader's rows of batch `batch` (all of them, or a rank's share of them)."""
+        rows = min(self.batch_size, self._n - batch * self.batch_size)
+        return part_slice(rows, self.part)
+
     @staticmethod
     def _split_xy(pieces, C):
+        if not pieces:                               # a rank's empty share of a small batch
+            return np.zeros((0, C), dtype=np.int32), np.zeros((0,), dtype=np.int32)
         rows = pieces[0] if len(pieces) == 1 else np.concatenate(pieces)
         return np.ascontiguousarray(rows[:, :C]), np.ascontiguousarray(rows[:, C])
 

@@ -11,8 +11,9 @@ Every file written by `engine prepare` carries a root attribute `format`:
                          context=5)    # context: language-model corpora only
 
 A format module provides `describe_file(path, open_h5py_file) -> DatasetInfo` and
-`make_loader(path, split, batch_size, shuffle, seed, backend)` (the corpus loader also takes
-`context`); a new format is one entry in FORMATS. The kind of a file is decided here, once:
+`make_loader(path, split, batch_size, shuffle, seed, backend[, part])` (the corpus loader also
+takes `context`; `part` is a rank's share of every minibatch, needed for distributed training);
+a new format is one entry in FORMATS. The kind of a file is decided here, once:
 the Engine and the command line take the DatasetInfo and never open the file to ask again.
 """
 from __future__ import annotations
@@ -74,18 +75,22 @@ def as_info(data) -> DatasetInfo:
 
 
 def make_loader(info: DatasetInfo, split, batch_size, shuffle=True, seed=0, backend=None,
-                context=None):
+                context=None, part=None):
     """A streaming loader over one split of a described dataset (`context`: the n-gram length,
-    for a language-model corpus)."""
+    for a language-model corpus; `part=(rank, size)`: only that rank's rows of every minibatch,
+    engine/data/arrays.py)."""
     if info.kind == LM_CORPUS:
         if context is None:
             raise ValueError(f"{info.path}: a language-model corpus loader needs the context length")
         from .loader import NGramLoader
         return NGramLoader(info.path, split, context=context, batch_size=batch_size,
-                           shuffle=shuffle, seed=seed, backend=backend)
+                           shuffle=shuffle, seed=seed, backend=backend, part=part)
     module = importlib.import_module(FORMATS[info.format])
+    if part is None:                  # a format module without rank shares still loads
+        return module.make_loader(info.path, split, batch_size, shuffle=shuffle, seed=seed,
+                                  backend=backend)
     return module.make_loader(info.path, split, batch_size, shuffle=shuffle, seed=seed,
-                              backend=backend)
+                              backend=backend, part=part)
 
 
 def dataset_format(path) -> str | None:

@@ -41,7 +41,7 @@ import h5py
 import numpy as np
 
 from .errors import DataError
-from .arrays import Loader, batches_per_epoch, epoch_order
+from .arrays import Loader, batches_per_epoch, check_part, epoch_order, part_slice
 from .atomic_h5 import AtomicH5Writer
 from .xmc_text import DEFAULT_CHUNK_POINTS, read_header, read_xmc_chunks
 
@@ -279,7 +279,7 @@ class XMCLoader(Loader):
     """Minibatches (x CSR, y (B, K) padded with -1) over one split (see the module docstring)."""
 
     def __init__(self, path, split, batch_size, shuffle=True, seed=0, backend=None,
-                 drop_last=False, prefetch=True):
+                 drop_last=False, prefetch=True, part=None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be positive, got {batch_size}")
         self.path, self.split = os.fspath(path), split
@@ -288,6 +288,7 @@ class XMCLoader(Loader):
             raise DataError(f"{self.path}: split {split!r} is empty (0 examples)")
         self.batch_size, self.shuffle, self.seed = int(batch_size), bool(shuffle), int(seed)
         self.backend, self.drop_last, self.prefetch = backend, bool(drop_last), bool(prefetch)
+        self.part = check_part(part)          # (rank, size): this rank's rows of each batch
 
     @property
     def num_examples(self):
@@ -322,7 +323,8 @@ class XMCLoader(Loader):
     def _batches(self, epoch, start_batch):
         order = self.order(epoch)
         for i in range(start_batch, len(self)):
-            yield self.batch(order[i * self.batch_size:(i + 1) * self.batch_size])
+            rows = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.batch(rows[part_slice(rows.shape[0], self.part)])
 
     def iter_from(self, epoch=0, start_batch=0):
         """Batches `start_batch`, ... of epoch `epoch`; with `prefetch`, prepared (and copied to
@@ -336,5 +338,7 @@ class XMCLoader(Loader):
         self.x = self.y_indptr = self.y_indices = None
 
 
-def make_loader(path, split, batch_size, shuffle=True, seed=0, backend=None) -> XMCLoader:
-    return XMCLoader(path, split, batch_size, shuffle=shuffle, seed=seed, backend=backend)
+def make_loader(path, split, batch_size, shuffle=True, seed=0, backend=None,
+                part=None) -> XMCLoader:
+    return XMCLoader(path, split, batch_size, shuffle=shuffle, seed=seed, backend=backend,
+                     part=part)

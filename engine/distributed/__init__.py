@@ -17,6 +17,12 @@ per row move between ranks. With float64 the result equals the single-process ru
     data_parallel.py    gradient all-reduce (one flat buffer) / row-sparse all-gather, and the
                         weighting of a replicated (data-parallel) output such as adaptive softmax
     step.py             shard_model, DistributedStep (one training step), eval_sums
+    run.py              what Engine does over N ranks: the communicator and device, the
+                        start-up checks, rank 0's run folder, each rank's data, evaluation sums
+    checkpoints.py      sharded checkpoints (one file per rank and a manifest), merge and split
+
+`Engine(model, optimizer, comm="auto")` (or `mpiexec -n N engine train ...`) uses all of it;
+`engine checkpoint merge|split` moves a run between N ranks and one.
 
 Importing this package imports neither mpi4py nor CuPy; `from_environment()` imports mpi4py
 only when the launcher started more than one rank (or when asked to).

@@ -21,11 +21,17 @@ multi-rank launch: use `srun --mpi=pmi2` (sets PMI_SIZE) or `mpiexec`, or force 
 from __future__ import annotations
 
 import os
+import sys
+import time
 
 from .comm import SingleProcess
 
 KINDS = ("auto", "single", "mpi", "nccl")
 SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
+RANK_VARIABLES = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
+#: Seconds a rank other than 0 waits before printing its error and ending the job: when every
+#: rank fails alike (a bad option), rank 0's line comes alone.
+ERROR_DELAY = 1.0
 
 
 def launched_size(environ=None) -> int:
@@ -40,6 +46,55 @@ def launched_size(environ=None) -> int:
                 raise ValueError(f"environment variable {name}={value!r} is not a rank "
                                  f"count") from None
     return 1
+
+
+def launched_rank(environ=None):
+    """This process's rank as the launcher set it (None without a launcher)."""
+    env = os.environ if environ is None else environ
+    for name in RANK_VARIABLES:
+        value = env.get(name)
+        if value not in (None, ""):
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def requested(kind: str = "auto", environ=None):
+    """What an Engine's `comm` should be for a command-line kind: None (one process: the plain
+    single-process engine) when there is one rank and nothing forces a communicator, else the
+    kind itself (Engine resolves it with from_environment)."""
+    env = os.environ if environ is None else environ
+    if kind == "single":
+        return None
+    if kind == "auto" and launched_size(env) <= 1 and not env.get("ENGINE_DISTRIBUTED"):
+        return None
+    return kind
+
+
+def abort_job(message, code, stream=None, environ=None):
+    """End a command that failed. One process: print `message` and return `code`. Under a
+    launcher with several ranks: print it (rank 0 at once, prefixed "[rank r/N]" elsewhere and
+    after ERROR_DELAY seconds) and end every rank with MPI_Abort(code), because a rank that just
+    exits leaves the others waiting in a collective."""
+    stream = stream if stream is not None else sys.stderr
+    size = launched_size(environ)
+    if size <= 1:
+        print(message, file=stream, flush=True)
+        return code
+    rank = launched_rank(environ) or 0
+    if rank:
+        time.sleep(ERROR_DELAY)
+        message = f"[rank {rank}/{size}] {message}"
+    print(message, file=stream, flush=True)
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return code
+    sys.stdout.flush()
+    MPI.COMM_WORLD.Abort(int(code))
+    return code
 
 
 def from_environment(kind: str = "auto", backend=None, environ=None):
@@ -65,4 +120,5 @@ def from_environment(kind: str = "auto", backend=None, environ=None):
     return comm.bind(backend) if backend is not None else comm
 
 
-__all__ = ["from_environment", "launched_size", "KINDS", "SIZE_VARIABLES"]
+__all__ = ["from_environment", "launched_size", "launched_rank", "requested", "abort_job",
+           "KINDS", "SIZE_VARIABLES", "RANK_VARIABLES"]

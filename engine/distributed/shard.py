@@ -84,8 +84,18 @@ class ShardedOutput:
 
     #: names of the params whose arrays are this rank's label rows (never all-reduced)
     sharded_params: tuple = ()
+    #: names of the other state entries whose leading axis is this rank's labels (checkpoints)
+    sharded_buffers: tuple = ()
     #: marks the layer for the distributed step (its losses and sums are already global)
     label_sharded = True
+    #: the single-process layer's class name: state and optimizer keys are "<i>.<state_name>.<x>"
+    #: as in one process (engine/models/base.py layer_state_name), so checkpoints merge and split
+    state_name: str = None
+
+    def sharded_state(self):
+        """Names of the state entries (state_dict) split by labels over the ranks: rows
+        [label_start, label_stop) here; every other entry is the same on every rank."""
+        return tuple(self.sharded_params) + tuple(self.sharded_buffers)
 
     def _init_shard(self, comm, num_labels, what):
         self.comm = comm if comm is not None else SingleProcess()

@@ -218,18 +218,22 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
 
 
 class ShardedFactoredSquaredOutput(ShardedFactoredOutput, FactoredSquaredOutput):
+    state_name = "FactoredSquaredOutput"
     default_loss = "squared"
 
 
 class ShardedFactoredSphericalOutput(ShardedFactoredOutput, FactoredSphericalOutput):
+    state_name = "FactoredSphericalOutput"
     default_loss = "spherical"
 
 
 class ShardedFactoredTaylorOutput(ShardedFactoredOutput, FactoredTaylorOutput):
+    state_name = "FactoredTaylorOutput"
     default_loss = "taylor"
 
 
 class ShardedFactoredZLossOutput(ShardedFactoredOutput, FactoredZLossOutput):
+    state_name = "FactoredZLossOutput"
     default_loss = "zloss"
 
 

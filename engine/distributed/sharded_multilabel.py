@@ -85,6 +85,7 @@ class ShardedMultilabelOutput(ShardedOutput, MultilabelOutput):
             self.inner = _FixedFanInRows(self.in_features, num_classes, start, stop,
                                          self.fan_in, self.use_bias, self.seed, **self.ffi_kwargs)
             self.sharded_params = ("weights", "bias")
+            self.sharded_buffers = ("indices",)        # each label's fan-in feature ids
         else:
             self.inner = _LinearRows(self.in_features, num_classes, start, stop, self.use_bias)
             self.sharded_params = ("W", "b")
@@ -181,10 +182,12 @@ class ShardedMultilabelOutput(ShardedOutput, MultilabelOutput):
 
 class ShardedSquaredHingeOutput(ShardedMultilabelOutput, SquaredHingeOutput):
     name = "squared-hinge"
+    state_name = "SquaredHingeOutput"
 
 
 class ShardedBCEOutput(ShardedMultilabelOutput, BCEOutput):
     name = "bce"
+    state_name = "BCEOutput"
 
 
 __all__ = ["ShardedMultilabelOutput", "ShardedSquaredHingeOutput", "ShardedBCEOutput"]

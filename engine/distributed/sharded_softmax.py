@@ -46,6 +46,7 @@ STATS_BLOCK_ELEMS = 1 << 22
 
 class ShardedSoftmaxOutput(ShardedOutput, SoftmaxOutput):
     sharded_params = ("W", "b")
+    state_name = "SoftmaxOutput"
 
     def __init__(self, in_features: int, num_classes: int, comm=None, **kwargs):
         SoftmaxOutput.__init__(self, in_features, num_classes, **kwargs)

@@ -14,17 +14,19 @@ the factored layers. Other outputs (adaptive softmax, squared error, the dense s
 stay replicated and train data-parallel; a replicated output that owns its update cannot (its
 update would use only this rank's rows) and is refused.
 
-`DistributedStep.step` is `Engine.train_step` with the communication put in: forward on this
-rank's rows (a sharded output gathers h itself); for a replicated output the loss is made
+`DistributedStep.step` is `Engine.train_step` with the communication put in (Engine uses it
+when its communicator has more than one rank): the row counts of every rank (one all-gather of
+one number: this rank's first global row keys the dropout and random meProp masks, so they are
+the single-process masks, and the global row count weights the epoch's mean loss); forward on
+this rank's rows (a sharded output gathers h itself); for a replicated output the loss is made
 global and the rank's gradients weighted (data_parallel.data_parallel_loss); the loss is
 checked (NaN/inf raise `TrainingDiverged` on every rank alike, the loss being global); backward;
 the replicated gradients summed over ranks (data_parallel.GradientReducer); the optimizer step,
 with global-norm clipping over all shards when clipping is on (the sharded gradients' sum of
 squares all-reduced); the self-updating layers' update; `after_step`.
 
-Not equal to the single-process run (documented limits): dropout and random meProp masks are
-keyed by the row's position in the rank's minibatch, and unified meProp selects over the rank's
-rows only.
+Not equal to the single-process run (a documented limit): unified meProp selects its columns
+over the rank's rows only.
 """
 from __future__ import annotations
 
@@ -139,12 +141,19 @@ class DistributedStep:
         self.sharded = sharded_keys(model)
         self.data_parallel_output = not is_label_sharded(model.output)
         self.steps = 0
+        self.global_rows = 0        # rows of the last step's global minibatch
 
-    def step(self, x, y, epoch=0, check_finite=True):
+    def step(self, x, y, epoch=0, check_finite=True, step=None, where=None):
         """Forward, backward and update on this rank's rows (x, y); returns the global
-        minibatch's loss (0-d array of the backend, the same on every rank)."""
+        minibatch's loss (0-d array of the backend, the same on every rank). `step`: the
+        number of updates before this one (default: this object's count), which keys the
+        random masks; `where`: the position named when the loss is not finite."""
         model, optimizer = self.model, self.optimizer
-        model.set_random_key(self.seed, self.steps)
+        if step is not None:
+            self.steps = int(step)
+        counts = self.comm.row_counts(y.shape[0])
+        self.global_rows = sum(counts)
+        model.set_random_key(self.seed, self.steps, sum(counts[:self.comm.rank]))
         loss = model.forward(x, y, train=True)
         weight = None
         if self.data_parallel_output and self.comm.size > 1:
@@ -152,8 +161,9 @@ class DistributedStep:
         if check_finite:
             value = float(loss)
             if not math.isfinite(value):
-                raise self.TrainingDiverged(f"loss became {value} at step {self.steps + 1}; the "
-                                            f"update was not applied")
+                raise self.TrainingDiverged(f"loss became {value} at "
+                                            f"{where or f'step {self.steps + 1}'}; the update "
+                                            f"was not applied")
         for layer in model.self_updating_layers():
             layer.prepare_update(optimizer.current_lr(epoch))
         model.backward()

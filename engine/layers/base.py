@@ -10,7 +10,9 @@ a `RowSparseGrad(rows, values)` pair, never a dense zero matrix.
 Optional hooks, defined here as documented no-ops so that the engine and the models call them
 on every layer without probing:
 
-    set_random_key(seed, step)           before each forward: key of counter-based randomness
+    set_random_key(seed, step, row_offset)   before each forward: key of counter-based
+                                          randomness; row_offset = the global minibatch row of
+                                          this process's first row (0 in one process)
     prepare_update(lr)                    before backward, for layers that own their update
     apply_update(lr)                      after the optimizer step, same layers
     after_step(step, optimizer, prefix)   after every update (dynamic rewiring)
@@ -41,6 +43,7 @@ class Layer:
         self.dtype = None
         self.layer_id = 0  # position in the model, used for counter-based randomness
         self.key = (0, 0)  # (model seed, step) of the next forward, see set_random_key
+        self.row_offset = 0  # global minibatch row of the first row here, see set_random_key
 
     # -- set-up ---------------------------------------------------------------
     def bind(self, backend, rng: numpy.random.Generator, dtype):
@@ -66,10 +69,14 @@ class Layer:
         self.grads = {}
 
     # -- hooks (no-ops unless a layer needs them) ----------------------------------
-    def set_random_key(self, seed: int, step: int):
+    def set_random_key(self, seed: int, step: int, row_offset: int = 0):
         """Key the counter-based randomness (dropout masks, random meProp) of the next forward
-        and backward: the same (seed, step) draws the same numbers on every backend."""
+        and backward: the same (seed, step) draws the same numbers on every backend. Row b of
+        this minibatch draws the numbers of row `row_offset + b` of the global minibatch (a
+        rank's share, engine/distributed), so the ranks together draw the single-process
+        masks."""
         self.key = (int(seed), int(step))
+        self.row_offset = int(row_offset)
 
     def prepare_update(self, lr: float):
         """Called before backward with the step's learning rate, for layers whose `owns_update`

@@ -66,9 +66,11 @@ class Linear(Layer):
         if x is None:
             raise RuntimeError("Linear.backward called without a forward(train=True)")
         if self.meprop is not None and self.meprop["k"] < self.out_features:
+            # a rank's share of a minibatch draws its rows' random selections (engine/distributed)
+            shared = {"row_offset": self.row_offset} if self.row_offset else {}
             self.grads["W"], dx = meprop_backward(self.backend, dy, x, self.params["W"],
                                                   self.meprop, self._meprop_random_key(),
-                                                  need_dx=self.input_grad)
+                                                  need_dx=self.input_grad, **shared)
         else:
             self.grads["W"] = dy.T @ x
             dx = dy @ self.params["W"] if self.input_grad else None

@@ -83,14 +83,16 @@ def topk_unified(backend, dy_bo, k):
     return topk_rows(backend, score.reshape(1, -1), k)[0]
 
 
-def random_rows(backend, B, O, k, key):
+def random_rows(backend, B, O, k, key, row_offset=0):
     """(B, K) int64 ascending: k distinct uniform column indices per row, a pure function of
-    `key` (the same on every backend: the uniforms are counter-based, see random_hash.py)."""
-    u = backend.uniform((int(B), int(O)), tuple(key), numpy.float64)
+    `key` (the same on every backend: the uniforms are counter-based, see random_hash.py);
+    row b draws what row `row_offset + b` of a global minibatch draws."""
+    u = backend.uniform((int(B), int(O)), tuple(key), numpy.float64,
+                        offset=int(row_offset) * int(O))
     return topk_rows(backend, u, k)     # the k largest of iid uniforms: a uniform k-subset
 
 
-def select(backend, dy_bo, cfg, key):
+def select(backend, dy_bo, cfg, key, row_offset=0):
     """The pattern of one backward: ("unified", S (K,)) or ("rows", idx (B, K))."""
     B, O = dy_bo.shape
     k = min(int(cfg["k"]), O)
@@ -100,7 +102,7 @@ def select(backend, dy_bo, cfg, key):
     if mode == "per-example":
         return "rows", topk_rows(backend, dy_bo, k)
     if mode == "random":
-        return "rows", random_rows(backend, B, O, k, key)
+        return "rows", random_rows(backend, B, O, k, key, row_offset)
     raise ValueError(f"meprop: unknown mode {mode!r}")
 
 
@@ -133,13 +135,13 @@ def per_example_backward(backend, dy_bo, x_bi, W_oi, idx_bk, need_dx=True):
     return RowSparseGrad(rows_u, dW_u, tuple(W_oi.shape), unique=True), dx
 
 
-def meprop_backward(backend, dy_bo, x_bi, W_oi, cfg, key=(0, 0, 0), need_dx=True):
+def meprop_backward(backend, dy_bo, x_bi, W_oi, cfg, key=(0, 0, 0), need_dx=True, row_offset=0):
     """The weight gradient (RowSparseGrad) and dx (None unless `need_dx`) of a linear layer
     under meProp `cfg`.
 
     Callers handle k >= O themselves (plain backprop) and compute the bias gradient from the
     full dy. Usable by any layer of the form y = x W^T (+ b), output layers included."""
-    kind, pattern = select(backend, dy_bo, cfg, key)
+    kind, pattern = select(backend, dy_bo, cfg, key, row_offset)
     if kind == "unified":
         return unified_backward(backend, dy_bo, x_bi, W_oi, pattern, need_dx)
     return per_example_backward(backend, dy_bo, x_bi, W_oi, pattern, need_dx)

@@ -36,6 +36,13 @@ def body_options(hidden, activation, hidden_help):
     )
 
 
+def layer_state_name(layer) -> str:
+    """The name of `layer` in state and optimizer keys ("<index>.<name>.<param>"): its class
+    name, or its `state_name` when it defines one (a label-sharded output layer keeps the name
+    of the single-process layer, so a rank's checkpoint keys are the single-process keys)."""
+    return getattr(layer, "state_name", None) or type(layer).__name__
+
+
 class Model:
     kind = "model"
     #: The user options of the constructor (engine/options.py): the command line's flags.
@@ -65,10 +72,11 @@ class Model:
             layer.bind(backend, rng, self.dtype)
         return self
 
-    def set_random_key(self, seed: int, step: int):
-        """Key for counter-based randomness (dropout) of the next forward."""
+    def set_random_key(self, seed: int, step: int, row_offset: int = 0):
+        """Key for counter-based randomness (dropout, random meProp) of the next forward;
+        `row_offset`: the global minibatch row of this process's first row (Layer's hook)."""
         for layer in self.layers:
-            layer.set_random_key(seed, step)
+            layer.set_random_key(seed, step, row_offset)
 
     # -- training -------------------------------------------------------------
     def check_inputs(self, x, targets=None):
@@ -140,7 +148,7 @@ class Model:
         `after_step(step, optimizer, key_prefix)` hook (dynamic rewiring) run it; key_prefix is
         the prefix of that layer's optimizer keys (see param_items)."""
         for i, layer in enumerate(self.layers):
-            layer.after_step(step, optimizer, f"{i}.{type(layer).__name__}.")
+            layer.after_step(step, optimizer, f"{i}.{layer_state_name(layer)}.")
 
     def loss(self, x, targets):
         """Mean loss without caching anything for backward."""
@@ -158,7 +166,7 @@ class Model:
             if layer.owns_update:
                 continue
             for name in layer.params:
-                items.append((f"{i}.{type(layer).__name__}.{name}", layer, name))
+                items.append((f"{i}.{layer_state_name(layer)}.{name}", layer, name))
         return items
 
     def self_updating_layers(self):
@@ -171,12 +179,12 @@ class Model:
         state = {}
         for i, layer in enumerate(self.layers):
             for name, value in layer.state_dict().items():
-                state[f"{i}.{type(layer).__name__}.{name}"] = value
+                state[f"{i}.{layer_state_name(layer)}.{name}"] = value
         return state
 
     def load_state_dict(self, state):
         for i, layer in enumerate(self.layers):
-            prefix = f"{i}.{type(layer).__name__}."
+            prefix = f"{i}.{layer_state_name(layer)}."
             layer.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
     def output_rebuild_kwargs(self):

@@ -1,9 +1,10 @@
 """One rank of a distributed test job: `mpiexec -n N python tests/distributed/_worker.py ...`.
 
-    _worker.py train OUT_DIR SCENARIO [SCENARIO ...]
-        runs each scenario of dist_scenarios.py on the ranks (engine.distributed over MPI);
-        writes OUT_DIR/<scenario>.rank<r>.npz (losses, final state) and .json (evaluation
-        metrics, the keys that hold label rows, the number of ranks)
+    _worker.py train OUT_DIR DATA_DIR SCENARIO [SCENARIO ...]
+        runs each scenario of dist_scenarios.py through Engine(..., comm=MPIComm) (data files
+        in DATA_DIR); writes OUT_DIR/<scenario>.rank<r>.npz (per-step losses, final model and
+        optimizer state) and .json (evaluation metrics, the keys that hold label rows, the
+        epoch's mean loss, the number of ranks)
     _worker.py uncaught RANK
         rank RANK raises outside any guard: MPIComm's excepthook must still end the job
     _worker.py fail RANK [MESSAGE]
@@ -45,17 +46,17 @@ def say(line):
     sys.stdout.flush()
 
 
-def train(comm, out_dir, names):
-    from dist_runs import run_ranks
+def train(comm, out_dir, data_dir, names):
+    from dist_runs import run_engine
     for name in names:
-        result = run_ranks(name, comm)
+        result = run_engine(name, data_dir, comm)
         base = os.path.join(out_dir, f"{name}.rank{comm.rank}")
         arrays = {"losses": result["losses"]}
         arrays.update({"state/" + k: numpy.asarray(v) for k, v in result["state"].items()})
         numpy.savez(base + ".npz", **arrays)
         with open(base + ".json", "w") as f:
             json.dump({"metrics": result["metrics"], "sharded": result["sharded"],
-                       "size": comm.size}, f)
+                       "train_loss": result["train_loss"], "size": comm.size}, f)
 
 
 def collectives(comm):
@@ -124,7 +125,7 @@ def main(argv):
     with abort_on_error(comm):
         what = argv[0]
         if what == "train":
-            train(comm, argv[1], argv[2:])
+            train(comm, argv[1], argv[2], argv[3:])
         elif what == "fail":
             fail(comm, int(argv[1]), " ".join(argv[2:]) or "deliberate failure")
         elif what == "kill":

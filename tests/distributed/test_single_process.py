@@ -66,8 +66,14 @@ def test_from_environment_defaults_to_single_process():
 
 
 def test_single_process_never_imports_mpi4py():
-    code = ("import sys, engine, engine.distributed as d, engine.distributed.step; "
+    code = ("import sys, numpy, engine, engine.distributed as d, engine.distributed.step; "
+            "from engine.distributed.environment import requested; "
             "c = d.from_environment(); assert type(c).__name__ == 'SingleProcess'; "
+            "assert requested('auto') is None; "
+            "e = engine.Engine(engine.MLPClassifier(3, 4, hidden=[2]), engine.SGD(lr=0.1), "
+            "device='cpu', verbose=False); "
+            "e.train((numpy.ones((4, 3)), numpy.arange(4)), batch_size=2, progress=False); "
+            "assert e.comm.size == 1 and e._distributed is None; "
             "assert 'mpi4py' not in sys.modules, 'mpi4py was imported'; "
             "assert 'cupy' not in sys.modules; print('ok')")
     env = {k: v for k, v in os.environ.items()
