@@ -422,9 +422,18 @@ def main(argv=None):
         return _fail(f"engine {args.command}: error: {exc}", 2)
     except TrainingDiverged as exc:
         return _fail(f"engine {args.command}: training diverged: {exc}", 3)
+    except OSError as exc:       # a folder that cannot be written, a full disk, ...
+        return _fail(f"engine {args.command}: error: {_os_error(exc)}", 2)
     if getattr(args, "json", False):
         _say(args, json.dumps(result, default=float))
     return 0
+
+
+def _os_error(exc):
+    """One line for an OSError: "FILE: reason" when it names a file."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _fail(message, code):

@@ -46,6 +46,7 @@ from .data.registry import make_loader as make_dataset_loader
 from .distributed.comm import SingleProcess
 from .models import build_model
 from .runlog import RunLog, default_run_dir
+from .stale_files import remove_stale_temps
 
 
 def metric_keys(record, prefix):
@@ -230,17 +231,21 @@ class Engine:
                                                                run_config), train, valid, run_dir)
         self.run_dir = run_dir
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
-        valid_loader = None
+        valid_loader, log, first_step = None, None, self.step
         try:
             if valid is not None:
                 valid_loader = self.make_loader(valid, "valid", eval_batch_size or batch_size,
                                                 shuffle=False)
-            log = None
             if run_dir:
                 from .config import resolved_run_config
                 config = resolved_run_config(self, _data_path(train), training, run_config)
                 if self.comm.is_root:
                     log = RunLog(run_dir, config=config, quiet=not self.verbose)
+                    # before any collective call: no rank can be writing a checkpoint yet
+                    removed = remove_stale_temps(run_dir)
+                    if removed:
+                        log.line(f"[engine] removed {len(removed)} temporary file(s) left by an "
+                                 f"interrupted write: {', '.join(removed)}")
                 else:              # ranks > 0 write their checkpoint shards, nothing else
                     from .distributed.run import RankLog
                     log = RankLog(run_dir)
@@ -250,6 +255,10 @@ class Engine:
                              f"output: {type(self.model.output).__name__}")
             return self._train_epochs(loader, valid_loader, log, epochs, batch_size, checkpoint_every,
                                       max_steps_per_epoch, max_steps, sync_every, progress)
+        except BaseException:
+            if isinstance(log, RunLog) and self.step == first_step:
+                log.discard()      # failed before its first step: no empty run folder left
+            raise
         finally:
             _close_owned(loader, train)
             _close_owned(valid_loader, valid)
