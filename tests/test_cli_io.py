@@ -185,6 +185,20 @@ def test_a_read_only_working_directory_is_one_line(corpus, tmp_path, capsys, rea
     assert os.listdir(tmp_path) == []
 
 
+def test_resuming_in_a_read_only_run_folder_is_one_line(corpus, tmp_path, capsys, read_only):
+    run = tmp_path / "run"
+    assert main(["train", "--data", corpus, *LM, "--epochs", "1", "--run-dir", str(run),
+                 "--no-test"]) == 0
+    capsys.readouterr()
+    before = {n: (run / n).read_bytes() for n in os.listdir(run)}
+    reason = read_only(run)
+    assert main(["train", "--resume", str(run / "checkpoint.h5"), "--data", corpus,
+                 "--epochs", "2", "--no-progress"]) == 2
+    assert error_line(capsys) == (f"engine train: error: the run folder {run} is not writable "
+                                  f"({reason}); choose another with --run-dir")
+    assert {n: (run / n).read_bytes() for n in os.listdir(run)} == before
+
+
 def test_a_run_folder_that_is_a_file_is_one_line(corpus, tmp_path, capsys):
     (tmp_path / "f").write_text("x")
     assert main(["train", "--data", corpus, *LM, "--run-dir", str(tmp_path / "f" / "run")]) == 2
