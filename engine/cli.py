@@ -211,6 +211,7 @@ def cmd_train(args):
     from . import cli_train as ct
     from .data.registry import describe
     from .engine import metric_keys
+    from .reporting import show_perplexity
     from .distributed.environment import requested
     from .options import run_values
     from .runlog import RunLog
@@ -275,7 +276,7 @@ def cmd_train(args):
         for key, value in extra.items():
             result[f"test_{key}"] = value
         _say(args, f"[engine] test loss {test['loss']:.4f}" +
-              (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else "") +
+              (f", test perplexity {show_perplexity(test['perplexity'])}" if "perplexity" in test else "") +
               "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
     args.json = run["json"]
     return result
@@ -289,6 +290,7 @@ def _positive(flag, value):
 def cmd_evaluate(args):
     from .distributed.environment import requested
     from .engine import Engine
+    from .reporting import show_perplexity
     _positive("--batch-size", args.batch_size)
     engine = Engine.from_checkpoint(args.checkpoint, device=args.device,
                                     comm=requested(args.distributed))
@@ -297,7 +299,7 @@ def cmd_evaluate(args):
     metrics = engine.evaluate(data, split=args.split, batch_size=args.batch_size)
     line = f"[engine] {args.split}: loss {metrics['loss']:.4f}"
     if "perplexity" in metrics:
-        line += f", perplexity {metrics['perplexity']:.2f}"
+        line += f", perplexity {show_perplexity(metrics['perplexity'])}"
     for key, value in metrics.items():
         if key not in ("loss", "perplexity", "examples", "seconds", "device"):
             line += f", {key} {value:.4f}"
@@ -423,7 +425,8 @@ def main(argv=None):
     except TrainingDiverged as exc:
         return _fail(f"engine {args.command}: training diverged: {exc}", 3)
     if getattr(args, "json", False):
-        _say(args, json.dumps(result, default=float))
+        from .reporting import json_safe
+        _say(args, json.dumps(json_safe(result), default=float))
     return 0
 
 

@@ -23,9 +23,10 @@ minibatch, the output layer's labels are split over the ranks, rank 0 alone prin
 the run folder's files, every rank writes its checkpoint shard (engine/distributed/run.py,
 checkpoints.py). The result equals the single-process run's up to rounding (float64: 1e-10).
 
-Divergence: at every sync point (every step on the CPU, every `sync_every` steps on the GPU) the
-loss is checked before the update; a NaN or inf stops training with `TrainingDiverged`, and the
-last checkpoint written (before the bad step) is kept.
+Divergence: at every sync point (the run's first step, then every step on the CPU, every
+`sync_every` steps on the GPU) the loss is checked before the update; a NaN or inf, or a loss far
+above the run's first one (engine/divergence.py), stops training with `TrainingDiverged`, and
+the last checkpoint written (before the bad step) is kept.
 """
 from __future__ import annotations
 
@@ -44,7 +45,9 @@ from .data.info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 from .data.registry import as_info
 from .data.registry import make_loader as make_dataset_loader
 from .distributed.comm import SingleProcess
+from .divergence import DEFAULT_FACTOR, loss_problem
 from .models import build_model
+from .reporting import perplexity, show_perplexity
 from .runlog import RunLog, default_run_dir
 
 
@@ -55,7 +58,7 @@ def metric_keys(record, prefix):
 
 
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or rose far above the run's first loss."""
 
 
 def _close_owned(loader, source):
@@ -111,6 +114,8 @@ class Engine:
         self.step_log = []       # [step, mean loss since the previous point], for the plot
         self._curve_sum, self._curve_n = 0.0, 0
         self._last_checked_step = 0
+        #: the explosion rule's factor (engine/divergence.py); None checks finiteness only
+        self.divergence_factor = DEFAULT_FACTOR
         self.data_vocab_hash = None
         self.batch_size = None
         self.run_dir = None
@@ -177,11 +182,8 @@ class Engine:
         self.model.set_random_key(self.seed, self.step)
         loss = self.model.forward(x, y, train=True)
         if check_finite:
-            value = float(loss)
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
-                    f"(step {self.step + 1}); the update was not applied")
+            self.check_loss(float(loss), f"epoch {self.epoch + 1}, batch "
+                                         f"{self.batch_in_epoch + 1} (step {self.step + 1})")
         for layer in self.model.self_updating_layers():   # they may update inside backward
             layer.prepare_update(self.optimizer.current_lr(self.epoch))
         self.model.backward()
@@ -196,11 +198,19 @@ class Engine:
         self.model.after_step(self.step, self.optimizer)   # e.g. dynamic rewiring every N steps
         return loss
 
+    def check_loss(self, value, where):
+        """TrainingDiverged unless `value`, the loss at `where`, is finite and not far above the
+        run's first loss (the first point of the loss curve)."""
+        reference = self.step_log[0][1] if self.step_log else None
+        problem = loss_problem(value, reference, self.divergence_factor)
+        if problem:
+            raise TrainingDiverged(f"{problem} at {where}; the update was not applied")
+
     def _distributed_step(self, x, y, check_finite):
         """train_step over the ranks (engine/distributed/step.py): x, y are this rank's rows;
         the loss returned is the global minibatch's, the same on every rank."""
         loss = self._distributed.step(
-            x, y, epoch=self.epoch, check_finite=check_finite, step=self.step,
+            x, y, epoch=self.epoch, check_finite=check_finite, step=self.step, check=self.check_loss,
             where=f"epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} (step {self.step + 1})")
         self.step += 1
         return loss
@@ -286,7 +296,8 @@ class Engine:
                 for x, y in batches:
                     if self.batch_in_epoch >= n_batches:
                         break
-                    sync = (self.step + 1) % sync_every == 0
+                    # the first step is always checked: its loss is the divergence reference
+                    sync = (self.step + 1) % sync_every == 0 or not self.step_log
                     loss = self.train_step(x, y, check_finite=sync)
                     rows = (int(y.shape[0]) if self._distributed is None     # every rank's rows
                             else self._distributed.global_rows)
@@ -375,7 +386,7 @@ class Engine:
             raise TrainingDiverged(f"epoch {self.epoch + 1} mean training loss is {train_loss}")
         likelihood = self.model.output.has_likelihood and self.model.reports_perplexity
         if likelihood:
-            record["train_perplexity"] = math.exp(min(train_loss, 700))
+            record["train_perplexity"] = perplexity(train_loss)
         if valid_loader is not None:
             metrics = self.evaluate(valid_loader)
             for key, value in metrics.items():     # valid_loss, valid_perplexity, valid_p@1, ...
@@ -388,11 +399,11 @@ class Engine:
         if log:
             parts = [f"epoch {record['epoch']}", f"train loss {train_loss:.4f}"]
             if "train_perplexity" in record:
-                parts.append(f"ppl {record['train_perplexity']:.2f}")
+                parts.append(f"ppl {show_perplexity(record['train_perplexity'])}")
             if "valid_loss" in record:
                 parts.append(f"valid loss {record['valid_loss']:.4f}")
             if "valid_perplexity" in record:
-                parts.append(f"valid ppl {record['valid_perplexity']:.2f}")
+                parts.append(f"valid ppl {show_perplexity(record['valid_perplexity'])}")
             for key in metric_keys(record, "valid_"):
                 parts.append(f"valid {key} {record['valid_' + key]:.4f}")
             parts.append(f"{seconds:.1f} s ({record['examples_per_second']:,.0f} ex/s)")
@@ -433,7 +444,7 @@ class Engine:
         result.update({"examples": n, "seconds": time.perf_counter() - t0,
                        "device": self.backend.device})
         if self.model.reports_perplexity and self.model.output.has_likelihood:
-            result["perplexity"] = math.exp(min(result["loss"], 700))
+            result["perplexity"] = perplexity(result["loss"])
         return result
 
     def predict_topk(self, x, k=1):

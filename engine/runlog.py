@@ -16,6 +16,8 @@ import os
 import tempfile
 import time
 
+from .reporting import json_safe
+
 
 def default_run_dir(root="runs"):
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -33,7 +35,7 @@ def write_json_atomic(path, obj):
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, default=float)
+            json.dump(json_safe(obj), fh, indent=1, default=float)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
