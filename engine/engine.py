@@ -81,6 +81,9 @@ def _data_path(data):
 class Engine:
     def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True,
                  comm=None):
+        from .options import check_arguments
+        from .train_options import ENGINE_OPTIONS
+        check_arguments([o for o in ENGINE_OPTIONS if o.name == "seed"], {"seed": seed}, "Engine")
         if comm is None:
             self.backend = get_backend(device, verbose=verbose)
             self.comm, self._part, self._distributed = SingleProcess(), None, None
@@ -227,6 +230,15 @@ class Engine:
         interruption would. `run_config`: more entries for config.toml's [training] table
         ({flag name: value}; the command line's test and json switches).
         """
+        from .options import check_arguments
+        from .train_options import TRAIN_OPTIONS
+        check_arguments(TRAIN_OPTIONS, {"epochs": epochs, "batch_size": batch_size,
+                                        "max_steps_per_epoch": max_steps_per_epoch,
+                                        "checkpoint_every": checkpoint_every,
+                                        "sync_every": sync_every, "eval_batch_size": eval_batch_size},
+                        "Engine.train")
+        if max_steps is not None and not max_steps >= 1:
+            raise ValueError(f"Engine.train: max_steps must be >= 1, got {max_steps}")
         if run_dir == "auto":
             run_dir = default_run_dir()
         training = {"epochs": epochs, "batch_size": batch_size,
