@@ -241,9 +241,11 @@ def cmd_train(args):
         if training["run_dir"] is None:
             training["run_dir"] = os.path.dirname(os.path.abspath(values["resume"]))
         if args.root:
-            RunLog(training["run_dir"]).line(
-                f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
-                f"{engine.step}" + (f"; changed: {', '.join(changes)}" if changes else ""))
+            log = RunLog(training["run_dir"])
+            log.line(f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
+                     f"{engine.step}")
+            for change in changes:                 # one line per changed value
+                log.line(f"[engine] resume: {change}")
     else:
         chosen = ct.choose_owners(values, info, table)
         plan = ct.plan_for(values, table, chosen)

@@ -57,6 +57,10 @@ def metric_keys(record, prefix):
             if k.startswith(prefix) and k[len(prefix):] not in ("loss", "perplexity")]
 
 
+#: Engine.train's batch size when neither the call nor a checkpoint gives one
+DEFAULT_BATCH_SIZE = 128
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite, or rose far above the run's first loss."""
 
@@ -218,7 +222,7 @@ class Engine:
         self.step += 1
         return loss
 
-    def train(self, train, epochs=1, batch_size=128, valid=None, run_dir=None,
+    def train(self, train, epochs=1, batch_size=None, valid=None, run_dir=None,
               checkpoint_every=None, max_steps_per_epoch=None, max_steps=None, sync_every=None,
               progress=True, eval_batch_size=None, run_config=None):
         """Train until `epochs` epochs are complete (counting any already done before a resume).
@@ -227,7 +231,9 @@ class Engine:
         seconds, examples per second, learning rate). With `run_dir` (or "auto"), writes
         config.toml, log.txt, metrics.json, plot.png and checkpoint.h5 there. `max_steps` stops
         early (after a checkpoint) once that many steps in total have been taken, as an
-        interruption would. `run_config`: more entries for config.toml's [training] table
+        interruption would. `batch_size` None: the batch size this engine last trained with
+        (a resumed run: its checkpoint's), else DEFAULT_BATCH_SIZE; a change is logged and is
+        allowed only at an epoch boundary. `run_config`: more entries for config.toml's [training] table
         ({flag name: value}; the command line's test and json switches).
         """
         from .options import check_arguments
@@ -239,6 +245,8 @@ class Engine:
                         "Engine.train")
         if max_steps is not None and not max_steps >= 1:
             raise ValueError(f"Engine.train: max_steps must be >= 1, got {max_steps}")
+        if batch_size is None:
+            batch_size = self.batch_size or DEFAULT_BATCH_SIZE
         if run_dir == "auto":
             run_dir = default_run_dir()
         training = {"epochs": epochs, "batch_size": batch_size,
@@ -282,6 +290,8 @@ class Engine:
         if self.batch_in_epoch and self.batch_size not in (None, batch_size):
             raise ValueError(f"resuming mid-epoch with batch_size {batch_size}, but the run was trained "
                              f"with batch_size {self.batch_size}: the remaining batches would differ")
+        if log and self.batch_size not in (None, batch_size):
+            log.line(f"[engine] batch size {self.batch_size} -> {batch_size} from epoch {self.epoch + 1}")
         self.batch_size = batch_size
         n_batches = len(loader)
         if max_steps_per_epoch:
