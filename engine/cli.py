@@ -277,9 +277,13 @@ def cmd_train(args):
                  if k not in ("loss", "perplexity", "examples", "seconds", "device")}
         for key, value in extra.items():
             result[f"test_{key}"] = value
-        _say(args, f"[engine] test loss {test['loss']:.4f}" +
-              (f", test perplexity {show_perplexity(test['perplexity'])}" if "perplexity" in test else "") +
-              "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
+        line = (f"[engine] test loss {test['loss']:.4f}" +
+                (f", test perplexity {show_perplexity(test['perplexity'])}" if "perplexity" in test else "") +
+                "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
+        if args.root:                  # printed, and kept in log.txt and metrics.json
+            log = RunLog(engine.run_dir)
+            log.line(line)
+            log.add_metrics("test", {k: v for k, v in test.items() if k not in ("seconds", "device")})
     args.json = run["json"]
     return result
 

@@ -163,10 +163,11 @@ def test_resume_applies_and_logs_what_may_change_and_refuses_the_rest(corpus, tm
 
 
 def test_help_texts():
-    from engine.cli import build_parser
+    from engine.cli import COMMANDS, build_parser
     top = build_parser().format_help()
-    for command in ("train", "evaluate", "predict", "prepare", "bench"):
-        assert f"    {command} " in top, command
+    assert set(COMMANDS) == {"train", "evaluate", "predict", "prepare", "checkpoint", "bench"}
+    for command in COMMANDS:
+        assert f"    {command} " in top or f"    {command}\n" in top, command
     train = build_parser("train")._subparsers._group_actions[0].choices["train"].format_help()
     assert "train a language model or a classifier" in train
     for flag in ("--weights", "--fan-in", "--rewire-every", "--ffi-method", "--deterministic",
