@@ -205,13 +205,13 @@ class Engine:
         self.model.after_step(self.step, self.optimizer)   # e.g. dynamic rewiring every N steps
         return loss
 
-    def check_loss(self, value, where):
+    def check_loss(self, value, where, note="the update was not applied"):
         """TrainingDiverged unless `value`, the loss at `where`, is finite and not far above the
         run's first loss (the first point of the loss curve)."""
         reference = self.step_log[0][1] if self.step_log else None
         problem = loss_problem(value, reference, self.divergence_factor)
         if problem:
-            raise TrainingDiverged(f"{problem} at {where}; the update was not applied")
+            raise TrainingDiverged(f"{problem} at {where}; {note}")
 
     def _distributed_step(self, x, y, check_finite):
         """train_step over the ranks (engine/distributed/step.py): x, y are this rank's rows;
@@ -314,6 +314,7 @@ class Engine:
             loss_sum = xp.zeros((), dtype=numpy.float64) + self.epoch_loss_sum
             bar = self._progress(progress and self.comm.is_root, n_batches, self.batch_in_epoch)
             batches = epoch_batches(loader, self.epoch, self.batch_in_epoch)
+            loss = None                  # the last step's loss, checked again before a save
             try:
                 for x, y in batches:
                     if self.batch_in_epoch >= n_batches:
@@ -335,11 +336,11 @@ class Engine:
                     if bar is not None:
                         bar.update(1)
                     if log and checkpoint_every and self.step % checkpoint_every == 0:
-                        self._snapshot(loss_sum)
+                        self._snapshot(loss_sum, loss)
                         self.save_checkpoint(log.checkpoint_path)
                     if max_steps is not None and self.step >= max_steps:
                         break
-                self._snapshot(loss_sum)
+                self._snapshot(loss_sum, loss)
             except TrainingDiverged as exc:
                 kept = log.checkpoint_path if log and os.path.exists(log.checkpoint_path) else None
                 msg = f"{exc}; " + (f"last good checkpoint kept at {kept}" if kept else "no checkpoint was written")
@@ -382,11 +383,13 @@ class Engine:
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", unit="batch",
                     mininterval=1.0 if interactive else 30.0, leave=False, dynamic_ncols=True)
 
-    def _snapshot(self, loss_sum):
+    def _snapshot(self, loss_sum, last_loss=None):
         """Bring the saved position up to date (running loss sum, seconds spent in this epoch).
 
         Every position that may be checkpointed passes here: a non-finite running sum means a
-        loss between two sync points was NaN or inf, so nothing is saved and training stops."""
+        loss between two sync points was NaN or inf, and `last_loss` (the last step's, not yet
+        checked between sync points) must pass the divergence rule, else nothing is saved and
+        training stops."""
         self.backend.synchronize()
         now = time.perf_counter()
         total = float(loss_sum)
@@ -394,6 +397,9 @@ class Engine:
             raise TrainingDiverged(f"a loss became {total} between step {self._last_checked_step} "
                                    f"and step {self.step} (epoch {self.epoch + 1}; losses are checked every "
                                    f"sync_every steps)")
+        if last_loss is not None and self._last_checked_step != self.step:
+            self.check_loss(float(last_loss), f"step {self.step} (epoch {self.epoch + 1})",
+                            note="found before saving; nothing was saved")
         self.epoch_loss_sum = total
         self.epoch_seconds += now - self._t0
         self._t0 = now

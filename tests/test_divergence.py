@@ -110,3 +110,18 @@ def test_large_perplexity_is_not_three_hundred_digits():
     assert perplexity(709.0) == math.exp(709.0) and perplexity(710.0) == math.inf
     assert show_perplexity(11.2749) == "11.27" and show_perplexity(math.inf) == "inf"
     assert show_perplexity(math.exp(150)) == "1.394e+65"
+
+
+def test_explosion_between_sync_points_is_caught_before_a_checkpoint(tmp_path):
+    """With sync_every > 1 (the GPU default) the last step's loss is checked before every
+    save, so an exploded model is never written over the good checkpoint."""
+    e = make_engine()
+    e.train(data(), epochs=1, batch_size=32, progress=False, run_dir=str(tmp_path))
+    ck = tmp_path / "checkpoint.h5"
+    before = ck.read_bytes()
+    e.model.output.params["W"] *= 1e4
+    with pytest.raises(TrainingDiverged, match=r"far above .* at step 12 \(epoch 2\); found "
+                                               r"before saving; nothing was saved; last good"):
+        e.train(data(), epochs=2, batch_size=32, progress=False, run_dir=str(tmp_path),
+                sync_every=1000, checkpoint_every=3)
+    assert ck.read_bytes() == before
