@@ -91,3 +91,18 @@ def test_band_must_hold_the_identity():
     for bad in ("2,0.5", "0,2", "1.5,3"):
         with pytest.raises(OptionError, match=r"^--band must be LOW,HIGH with 0 < LOW <= 1 <= HIGH"):
             band.value(bad)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("max-steps-per-epoch = 0", "--max-steps-per-epoch must be >= 1, got 0"),
+    ("epochs = 0", "--epochs must be >= 1, got 0"),
+    ("[training]\ncheckpoint-every = -1", "--checkpoint-every must be >= 1, got -1"),
+    ("lr = 0.0", "--lr must be > 0, got 0.0"),
+])
+def test_config_files_are_checked_alike(tmp_path, capsys, monkeypatch, line, message):
+    monkeypatch.setenv("ENGINE_CACHE", str(tmp_path / "cache"))
+    config = tmp_path / "run.toml"
+    config.write_text(line + "\n")
+    assert main(["train", "--config", str(config), "--run-dir", str(tmp_path / "r")]) == 2
+    assert capsys.readouterr().err.strip() == f"engine train: error: {message}"
+    assert not (tmp_path / "r").exists() and not (tmp_path / "cache").exists()
