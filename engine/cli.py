@@ -4,10 +4,10 @@
     engine train --data ptb.h5 --epochs 10 --json
     engine evaluate runs/<run>/checkpoint.h5 --data ptb.h5 --split test --json
     engine predict runs/<run>/checkpoint.h5 --data ptb.h5 "the stock market" --top 5
-    engine prepare ptb ../shared/data/ptb --output ptb.h5
+    engine prepare ptb DATA/ptb --output ptb.h5
     engine prepare text a.txt b.txt --valid v.txt --test t.txt --output corpus.h5
     engine prepare sotu data/addresses.tar.gz --output sotu.h5
-    engine prepare mnist ../shared/data/mnist --output mnist.h5   # IDX files, gzipped or not
+    engine prepare mnist DATA/mnist --output mnist.h5   # IDX files, gzipped or not
     engine train --data mnist.h5 --meprop-k 20 --meprop-mode unified --json
     engine prepare xmc TRAIN.txt TEST.txt --output xmc.h5       # Extreme Classification Repository files
     engine train --data xmc.h5 --intermediate 2048 --weights ffi --fan-in 32 --json

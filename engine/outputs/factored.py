@@ -1,4 +1,4 @@
-"""Exact factored output layer for very large sparse targets (Vincent et al. 2015, PAPERS.md s.1).
+"""Exact factored output layer for very large sparse targets (Vincent et al. 2015; docs/factored.md).
 
 Shapes: h (B, d) the last hidden layer, D outputs, targets (B,) or (B, K) padded with -1.
 W = V U + 1 a^T (D, d) is kept implicitly (engine/outputs/factored_state.py); O = h W^T (B, D)
