@@ -20,6 +20,8 @@ import tempfile
 
 import numpy
 
+from .filemode import follow_umask
+
 FORMAT = "engine-checkpoint"
 FORMAT_VERSION = 1
 
@@ -45,6 +47,7 @@ def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind,
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    follow_umask(fd)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:

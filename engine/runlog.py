@@ -4,7 +4,8 @@ runs/<name>/
   config.toml      every option of the run with its value (engine/config.py): `engine train
                    --config runs/<name>/config.toml` repeats the run
   log.txt          one line per epoch (also printed)
-  metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...]}
+  metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...],
+                   "test": the test split's metrics (engine train, after training)}
   checkpoint.h5    the last good checkpoint (written by the engine, atomically)
   best.h5          the checkpoint of the epoch with the lowest validation loss (with `valid`)
   plot.png         training loss per logged step and per epoch, validation perplexity per epoch
@@ -15,6 +16,9 @@ import json
 import os
 import tempfile
 import time
+
+from .filemode import follow_umask
+from .reporting import json_safe
 
 
 def default_run_dir(root="runs"):
@@ -31,9 +35,10 @@ def write_json_atomic(path, obj):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    follow_umask(fd)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, default=float)
+            json.dump(json_safe(obj), fh, indent=1, default=float)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -131,6 +136,16 @@ class RunLog:
 
     def write_metrics(self, history, steps):
         write_json_atomic(self.metrics_path, {"config": self.config, "history": history, "steps": steps})
+
+    def add_metrics(self, key, value):
+        """Add one entry to metrics.json (the test split's results, after training)."""
+        try:
+            with open(self.metrics_path) as fh:
+                metrics = json.load(fh)
+        except FileNotFoundError:
+            metrics = {"config": self.config}
+        metrics[key] = value
+        write_json_atomic(self.metrics_path, metrics)
 
     def plot(self, history, steps):
         """Loss per logged step and per epoch, and validation perplexity; skipped without matplotlib."""

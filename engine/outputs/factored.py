@@ -82,6 +82,13 @@ def _compact_targets(backend, t2, valid, gc):
 
 
 # ------------------------------------------------------------------ the layer
+
+def _band_check(band):
+    """U starts as the identity: its singular values 1 must lie inside the band."""
+    low, high = band
+    if not 0 < low <= 1 <= high:
+        raise ValueError(f"must be LOW,HIGH with 0 < LOW <= 1 <= HIGH, got {low},{high}")
+
 class FactoredOutput(OutputLayer):
     owns_update = True
     default_loss = "squared"
@@ -106,7 +113,7 @@ class FactoredOutput(OutputLayer):
         Option("inv_tol", parse_float, None, "re-invert U when ||U U^-1 - I|| exceeds this "
                "(default 1000 machine epsilons)", check=greater_than(0)),
         Option("band", float_pair, [0.5, 2.0], "keep U's singular values in LOW,HIGH (rank-1 "
-               "fixes)", metavar="LOW,HIGH"),
+               "fixes)", metavar="LOW,HIGH", check=_band_check),
         Option("unfactorize_fraction", parse_float, 1.0 / 3.0, "unfactorize (V <- V U, U <- I) "
                "when more than this share of U's singular values leave the band",
                check=in_open_closed(0, 1)),
