@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import sys
+import time
 
 COMMANDS = {
     "train": "train a language model or a classifier on a dataset from engine prepare "
@@ -120,16 +121,34 @@ def _add_predict_arguments(q):
 
 def _add_prepare_arguments(p):
     psub = p.add_subparsers(dest="kind")
-    pt = psub.add_parser("text", help="plain-text files -> HDF5")
+    from .data.prepare import TEXT_LOWERCASE, TEXT_MIN_COUNT, TEXT_TOKENIZER
+    pt = psub.add_parser(
+        "text", help="plain-text files -> HDF5",
+        description="Plain-text files (UTF-8, one sentence or paragraph per line, .gz read too) "
+                    "-> a language-model corpus. The defaults suit raw English text: words and "
+                    "punctuation split, lowercased, words seen fewer than "
+                    f"{TEXT_MIN_COUNT} times in training read as <unk> (so the model learns "
+                    "to predict the words it never saw). For pre-tokenised corpora (WikiText, "
+                    "PTB-like): --tokenizer whitespace --no-lowercase --min-count 1.")
     pt.add_argument("train", nargs="+", help="training text file(s)")
-    pt.add_argument("--valid", nargs="*", default=None)
-    pt.add_argument("--test", nargs="*", default=None)
-    pt.add_argument("--valid-fraction", type=float, default=0.05)
-    pt.add_argument("--test-fraction", type=float, default=0.05)
-    pt.add_argument("--min-count", type=int, default=1)
-    pt.add_argument("--max-vocab", type=int, default=None)
-    pt.add_argument("--lowercase", action="store_true")
-    pt.add_argument("--tokenizer", choices=["whitespace", "words"], default="whitespace")
+    pt.add_argument("--valid", nargs="*", default=None, help="validation file(s) (default: the "
+                    "last --valid-fraction of the training lines)")
+    pt.add_argument("--test", nargs="*", default=None, help="test file(s) (default: the last "
+                    "--test-fraction of the training lines)")
+    pt.add_argument("--valid-fraction", type=float, default=0.05, help="(default: 0.05)")
+    pt.add_argument("--test-fraction", type=float, default=0.05, help="(default: 0.05)")
+    pt.add_argument("--min-count", type=int, default=TEXT_MIN_COUNT,
+                    help="training words seen fewer times become <unk> (default: "
+                         f"{TEXT_MIN_COUNT}; 1 keeps every word, and then the training split "
+                         "has no <unk> to learn from)")
+    pt.add_argument("--max-vocab", type=int, default=None,
+                    help="keep at most this many words, <unk> and <eos> included (default: "
+                         "no limit)")
+    pt.add_argument("--lowercase", action=argparse.BooleanOptionalAction, default=TEXT_LOWERCASE,
+                    help=f"fold case (default: {'--lowercase' if TEXT_LOWERCASE else '--no-lowercase'})")
+    pt.add_argument("--tokenizer", choices=["whitespace", "words"], default=TEXT_TOKENIZER,
+                    help="words: split words, numbers and punctuation (raw text); whitespace: "
+                         f"split on spaces only (pre-tokenised text) (default: {TEXT_TOKENIZER})")
     pt.add_argument("--output", required=True)
     pp = psub.add_parser("ptb", help="the PTB folder (ptb.train.txt, ptb.valid.txt, ptb.test.txt) -> HDF5")
     pp.add_argument("directory")
@@ -181,12 +200,13 @@ def _add_xmc_prepare_parsers(psub):
 
 
 def _prepare_xmc(args):
+    """Convert (xmc) or generate and convert (xmc-synthetic); -> the output's DatasetInfo."""
     import tempfile
     from .data.xmc import describe, prepare_xmc
     if args.kind == "xmc":
         prepare_xmc(args.train, args.test, args.output, valid_fraction=args.valid_fraction,
                     seed=args.seed)
-        return {"output": args.output, **describe(args.output).summary()}
+        return describe(args.output)
     from .data.xmc_synthetic import AMAZON_670K, write_synthetic_xmc
     sizes = dict(num_train=args.train_points, num_test=args.test_points,
                  num_features=args.features, num_labels=args.labels,
@@ -198,7 +218,7 @@ def _prepare_xmc(args):
         train, test = f"{prefix}_train.txt", f"{prefix}_test.txt"
         write_synthetic_xmc(train, test, seed=args.seed, **sizes)
         prepare_xmc(train, test, args.output, valid_fraction=args.valid_fraction, seed=args.seed)
-    return {"output": args.output, **describe(args.output).summary()}
+    return describe(args.output)
 
 
 def _default_data():
@@ -365,15 +385,23 @@ def cmd_prepare(args):
     elif args.kind == "mnist":
         from .data.classification import describe
         from .data.mnist import prepare_mnist
+        t0 = time.perf_counter()
         prepare_mnist(args.directory, args.output, valid_size=args.valid_size)
-        info = {"output": args.output, **describe(args.output).summary()}
+        described = describe(args.output)
+        print(f"[engine] {described.summary_line(time.perf_counter() - t0)}")
+        return {"output": args.output, **described.summary()}
     elif args.kind in ("xmc", "xmc-synthetic"):
-        info = _prepare_xmc(args)
+        t0 = time.perf_counter()
+        described = _prepare_xmc(args)
+        print(f"[engine] {described.summary_line(time.perf_counter() - t0)}")
+        return {"output": args.output, **described.summary()}
     else:
         raise SystemExit("engine prepare: choose text, ptb, sotu, mnist, xmc or xmc-synthetic "
                          "(see engine prepare -h)")
     print(f"[engine] {info}")
-    return info if isinstance(info, dict) else info.as_dict()
+    for warning in info.warnings:
+        print(f"engine prepare: warning: {warning}", file=sys.stderr)
+    return info.as_dict()
 
 
 def cmd_checkpoint(args):

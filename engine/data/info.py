@@ -85,6 +85,25 @@ class DatasetInfo:
                        multilabel=self.multilabel, sparse=self.sparse)
         return out
 
+    def summary_line(self, seconds: Optional[float] = None) -> str:
+        """One line for a person: the file, its sizes and examples per split, e.g.
+        `mnist.h5: classification, 784 features, 10 classes; train 55,000, valid 5,000, test
+        10,000 examples; 1.2 s; source: ...`."""
+        splits = ", ".join(f"{s} {n:,}" for s, n in self.splits.items())
+        if self.kind == LM_CORPUS:
+            what = f"language-model corpus, vocabulary {self.vocab_size:,} words"
+            unit = "tokens"
+        else:
+            what = (f"{'multi-label' if self.multilabel else 'classification'}"
+                    f"{', sparse' if self.sparse else ''}, {self.num_features:,} features, "
+                    f"{self.num_classes:,} {'labels' if self.multilabel else 'classes'}")
+            unit = "examples"
+        line = f"{self.path}: {what}; {splits or 'no'} {unit}"
+        if seconds is not None:
+            line += f"; {seconds:.1f} s"
+        source = self.attrs.get("source")
+        return line + (f"; source: {source}" if source else "")
+
 
 def scalar_attrs(attrs) -> Dict[str, Any]:
     """HDF5 root attributes as Python scalars (bytes decoded, numpy scalars unwrapped)."""

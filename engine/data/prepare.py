@@ -39,6 +39,15 @@ PathLike = Union[str, os.PathLike]
 Paths = Union[PathLike, Sequence[PathLike]]
 
 SOTU_MIN_COUNT = 4      # ~12.4k words on the 1790-2000 training addresses (see data/README.md)
+# `prepare_text` (and `engine prepare text`) defaults, chosen for raw English text: split words
+# from punctuation, fold case, and fold words seen fewer than 3 times into <unk>. The last one
+# matters most: with every training word kept, the training split holds no <unk> while held-out
+# text does (words never seen in training), so the model never learns to predict <unk> and
+# held-out perplexity is worse than counting words. Pre-tokenised corpora (PTB, WikiText) want
+# tokenizer "whitespace" and case kept.
+TEXT_TOKENIZER = "words"
+TEXT_LOWERCASE = True
+TEXT_MIN_COUNT = 3
 DEFAULT_CORPUS_NAME = "sotu-v1.h5"
 _SOTU_MEMBER = re.compile(r"(?:^|/)(\d{4})_[^/]*\.txt$")
 
@@ -180,6 +189,7 @@ class PrepareSummary:
     unk_rate: Dict[str, float]      # fraction of a split's tokens that are the unk id
     seconds: float
     source: str
+    warnings: List[str] = dataclasses.field(default_factory=list)   # one line each
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict of the fields."""
@@ -189,7 +199,22 @@ class PrepareSummary:
         splits = ", ".join(f"{s} {n:,} tokens ({100 * self.unk_rate[s]:.2f}% <unk>)"
                            for s, n in self.split_tokens.items())
         return (f"{self.output}: vocabulary {self.vocab_size:,} words (min_count "
-                f"{self.min_count}); {splits}; {self.seconds:.1f} s; source: {self.source}")
+                f"{self.min_count}); {splits}; {self.seconds:.1f} s; source: {self.source}"
+                + "".join(f"; warning: {w}" for w in self.warnings))
+
+
+def unk_warning(unk_rate: Dict[str, float], min_count: int) -> Optional[str]:
+    """The warning (one line) for a training split without `<unk>` beside held-out splits with
+    some, or None. Such a model is never trained to predict `<unk>`, yet held-out text scores
+    it at every unseen word."""
+    held = {s: r for s, r in unk_rate.items() if s != "train" and r > 0}
+    if unk_rate.get("train", 0) > 0 or not held:
+        return None
+    rates = " and ".join(f"{100 * r:.2f}% of the {s}" for s, r in held.items())
+    return (f"the training split has no <unk> (no training word is seen fewer than min_count="
+            f"{min_count} times) but {rates} tokens are <unk>: the model never learns to "
+            f"predict <unk>, which hurts held-out perplexity; raise --min-count or set "
+            f"--max-vocab")
 
 
 def _prepare(output: PathLike, sources: Dict[str, object], *, min_count: int,
@@ -233,6 +258,9 @@ def _prepare(output: PathLike, sources: Dict[str, object], *, min_count: int,
             unk_rate[split] = unk / n
             if log:
                 log(f"{split}: {n:,} tokens")
+        warning = unk_warning(unk_rate, min_count)
+        if warning and log:
+            log(f"warning: {warning}")
         attrs = dict(extra_attrs or {})
         attrs.update(tokenizer=tokenizer, lowercase=int(bool(lowercase)))
         if max_vocab is not None:
@@ -240,14 +268,14 @@ def _prepare(output: PathLike, sources: Dict[str, object], *, min_count: int,
         writer.finish(vocab.words, vocab.counts, unk_id=vocab.unk_id, eos_id=vocab.eos_id,
                       min_count=min_count, source=source, **attrs)
     return PrepareSummary(output, len(vocab), min_count, split_tokens, unk_rate,
-                          time.perf_counter() - t0, source)
+                          time.perf_counter() - t0, source, [warning] if warning else [])
 
 
 # ---------------------------------------------------------------------------- converters
 def prepare_text(train: Paths, valid: Optional[Paths] = None, test: Optional[Paths] = None,
-                 output: Optional[PathLike] = None, *, min_count: int = 1,
-                 max_vocab: Optional[int] = None, lowercase: bool = False,
-                 tokenizer: str = "whitespace", valid_fraction: float = 0.05,
+                 output: Optional[PathLike] = None, *, min_count: int = TEXT_MIN_COUNT,
+                 max_vocab: Optional[int] = None, lowercase: bool = TEXT_LOWERCASE,
+                 tokenizer: str = TEXT_TOKENIZER, valid_fraction: float = 0.05,
                  test_fraction: float = 0.05, source: Optional[str] = None,
                  log: Optional[Callable[[str], None]] = None) -> PrepareSummary:
     """Convert plain-text files (one sentence/paragraph per line) into an HDF5 corpus at `output`.
@@ -256,7 +284,9 @@ def prepare_text(train: Paths, valid: Optional[Paths] = None, test: Optional[Pat
     (`test`) is not given, the last `valid_fraction` (`test_fraction`) of the training lines are
     held out for it, test last (a fraction of 0 leaves that split out). The vocabulary comes
     from the training lines only (`min_count`, at most `max_vocab` words); `tokenizer` is
-    "whitespace" (pre-tokenised text) or "words" (raw text). Returns a `PrepareSummary`.
+    "whitespace" (pre-tokenised text) or "words" (raw text). The defaults (words, lowercased,
+    min_count 3) suit raw text; see TEXT_MIN_COUNT. Returns a `PrepareSummary`, whose `warnings`
+    says when the training split has no `<unk>` but a held-out split has some.
     """
     train_paths = _as_paths(train, "training")
     valid_paths = _as_paths(valid, "validation")

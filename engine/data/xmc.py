@@ -43,7 +43,7 @@ import numpy as np
 from .errors import DataError
 from .arrays import Loader, batches_per_epoch, check_part, epoch_order, part_slice
 from .atomic_h5 import AtomicH5Writer
-from .xmc_text import DEFAULT_CHUNK_POINTS, read_header, read_xmc_chunks
+from .xmc_text import DEFAULT_CHUNK_POINTS, count_point_lines, read_header, read_xmc_chunks
 
 FORMAT = "engine-xmc"
 FORMAT_VERSION = 1
@@ -60,10 +60,11 @@ class XMCWriter(AtomicH5Writer):
     without `finish`) removes the temporary file."""
 
     def __init__(self, path, num_features: int, num_labels: int):
-        super().__init__(path)
         self.F, self.L = int(num_features), int(num_labels)
         self.counts: Dict[str, int] = {}
-        self.label_counts = np.zeros(self.L, dtype=np.int64)
+        # grown to the largest label seen, not allocated at L (a header's L may be wrong)
+        self.label_counts = np.zeros(0, dtype=np.int64)
+        super().__init__(path)
 
     def _create(self, split):
         if split not in SPLITS:
@@ -98,14 +99,24 @@ class XMCWriter(AtomicH5Writer):
                 self._append(g[f"{name}/{sub}"], np.asarray(values))
         self.counts[split] += int(len(x_indptr) - 1)
         if split == "train" and len(y_indices):
-            self.label_counts += np.bincount(y_indices, minlength=self.L)
+            counts = np.bincount(np.asarray(y_indices, dtype=np.int64))
+            if counts.shape[0] > self.label_counts.shape[0]:
+                counts[:self.label_counts.shape[0]] += self.label_counts
+                self.label_counts = counts
+            else:
+                self.label_counts[:counts.shape[0]] += counts
 
     def finish(self, **attrs) -> str:
         f = self.file
         for split in SPLITS:
             if split in self.counts:
                 f[split].attrs["num_examples"] = np.int64(self.counts[split])
-        f.create_dataset("label_counts", data=self.label_counts, compression="gzip")
+        if self.label_counts.shape[0] > self.L:
+            raise DataError(f"{self.path}: label id {self.label_counts.shape[0] - 1} outside "
+                            f"[0, {self.L})")
+        counts = np.zeros(self.L, dtype=np.int64)
+        counts[:self.label_counts.shape[0]] = self.label_counts
+        f.create_dataset("label_counts", data=counts, compression="gzip")
         f.attrs.update({k: v for k, v in attrs.items() if v is not None})
         f.attrs["format"] = FORMAT
         f.attrs["format_version"] = np.int64(FORMAT_VERSION)
@@ -129,6 +140,10 @@ def prepare_xmc(train_txt, test_txt, output, valid_fraction: float = 0.1, seed: 
     for path, n in ((train_txt, n_train), (test_txt, n_test)):
         if n == 0:
             raise DataError(f"{path}: line 1: the header announces 0 points (empty dataset)")
+        lines = count_point_lines(path)       # before anything is sized by the header's N
+        if lines < n:
+            raise DataError(f"{path}: line {lines + 2}: the file ends after {lines:,} point "
+                            f"lines but the header announces {n:,}")
     n_valid = int(round(valid_fraction * n_train))
     if n_valid >= n_train:
         raise DataError(f"{train_txt}: {n_train} points leave none for training after a "

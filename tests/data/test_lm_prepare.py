@@ -32,7 +32,7 @@ def test_prepare_text_three_files(tmp_path):
     valid = _text(tmp_path / "valid.txt", "a z\n")
     test = _text(tmp_path / "test.txt", "b\r\nq q\n")
     out = tmp_path / "out.h5"
-    summary = prepare_text(train, valid, test, out, min_count=2)
+    summary = prepare_text(train, valid, test, out, min_count=2, tokenizer="whitespace")
     assert summary.split_tokens == {"train": 10, "valid": 3, "test": 5}
     with open_lm_corpus(out) as c:
         # train counts: b 3, <eos> 3, a 2, c 1, d 1 -> <unk> 2
@@ -50,7 +50,8 @@ def test_prepare_text_list_of_files_and_held_out_fractions(tmp_path):
     one = _text(tmp_path / "1.txt", "".join(f"l{i}\n" for i in range(10)))
     two = _text(tmp_path / "2.txt", "".join(f"l{i}\n" for i in range(10, 20)))
     out = tmp_path / "out.h5"
-    summary = prepare_text([one, two], output=out, valid_fraction=0.1, test_fraction=0.2)
+    summary = prepare_text([one, two], output=out, valid_fraction=0.1, test_fraction=0.2,
+                           min_count=1)
     assert summary.split_tokens == {"train": 28, "valid": 4, "test": 8}  # 14+2+4 lines, 2 ids each
     with open_lm_corpus(out) as c:
         words = lambda s: [c.vocab[i] for i in c.tokens(s) if i != c.eos_id]
@@ -61,11 +62,49 @@ def test_prepare_text_list_of_files_and_held_out_fractions(tmp_path):
         assert c.splits == ("train", "test")
 
 
+def test_prepare_text_defaults_suit_raw_text(tmp_path):
+    """Words split from punctuation, case folded, words seen fewer than 3 times in training
+    read as <unk>: the training split has <unk> to learn from."""
+    train = _text(tmp_path / "t.txt", "The cat sat. the CAT ran!\nA dog, the cat.\n")
+    out = tmp_path / "o.h5"
+    summary = prepare_text(train, test=train, output=out, valid_fraction=0)
+    with open_lm_corpus(out) as c:
+        assert (c.attrs["tokenizer"], int(c.attrs["lowercase"]), c.min_count) == ("words", 1, 3)
+        # the 3, cat 3, <eos> 2; "." (twice) and six words seen once: <unk> 8
+        assert c.vocab == ["<unk>", "cat", "the", "<eos>"]
+        assert c.counts.tolist() == [8, 3, 3, 2]
+    assert summary.unk_rate["train"] > 0 and summary.warnings == []
+
+
+def test_warning_when_training_has_no_unk_but_held_out_has(tmp_path, capsys):
+    train = _text(tmp_path / "t.txt", "a b c\n" * 5)
+    test = _text(tmp_path / "u.txt", "a b zebra\n")
+    out = tmp_path / "o.h5"
+    summary = prepare_text(train, test=test, output=out, valid_fraction=0)
+    assert summary.unk_rate == {"train": 0.0, "test": 0.25}
+    assert len(summary.warnings) == 1 and "\n" not in summary.warnings[0]
+    assert "no <unk>" in summary.warnings[0] and "25.00% of the test" in summary.warnings[0]
+    assert "warning: the training split has no <unk>" in str(summary)
+    assert summary.as_dict()["warnings"] == summary.warnings
+    # none when the training split has <unk> too, or the held-out splits have none
+    assert prepare_text(train, test=train, output=out, valid_fraction=0).warnings == []
+    both = _text(tmp_path / "w.txt", "a b c\n" * 5 + "rare\n")
+    assert prepare_text(both, test=test, output=out, valid_fraction=0).warnings == []
+    # the command line: the summary line on stdout carries it, and one line on stderr
+    from engine.cli import main
+    assert main(["prepare", "text", str(train), "--test", str(test), "--valid-fraction", "0",
+                 "--output", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "; warning: the training split has no <unk>" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("engine prepare: warning: the training split")
+
+
 def test_prepare_text_words_tokenizer_lowercase(tmp_path):
     train = _text(tmp_path / "t.txt", "The cat, the DOG.\n")
     out = tmp_path / "o.h5"
     prepare_text(train, output=out, tokenizer="words", lowercase=True, valid_fraction=0,
-                 test_fraction=0)
+                 test_fraction=0, min_count=1)
     with open_lm_corpus(out) as c:
         assert c.vocab[0] == "the" and set(c.vocab) == {"the", "cat", ",", "dog", ".",
                                                         "<eos>", "<unk>"}
