@@ -51,6 +51,21 @@ def test_train_with_meprop_json_has_test_accuracy(tmp_path, tiny_mnist, capsys, 
     assert hidden and all(layer.meprop == {"k": 10, "mode": mode, "seed": 0} for layer in hidden)
 
 
+def test_prepare_mnist_prints_one_summary_line(tmp_path, capsys):
+    """Not a Python dict: the file, its kind and sizes, examples per split, time, source."""
+    rng = numpy.random.default_rng(1)
+    for split, n in (("train", 30), ("test", 10)):
+        write_idx(tmp_path / STEMS[f"{split}_images"], rng.integers(0, 256, (n, 28, 28)).astype(numpy.uint8))
+        write_idx(tmp_path / STEMS[f"{split}_labels"], rng.integers(0, 10, n).astype(numpy.uint8))
+    out = tmp_path / "m.h5"
+    assert main(["prepare", "mnist", str(tmp_path), "--valid-size", "5", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "{" not in printed[0], printed
+    assert printed[0].startswith(f"[engine] {out}: classification, 784 features, 10 classes; "
+                                 f"train 25, valid 5, test 10 examples; ")
+    assert printed[0].endswith(f"source: IDX files in {tmp_path}")
+
+
 def test_prepare_mnist_errors_name_the_folder(tmp_path, capsys):
     assert main(["prepare", "mnist", str(tmp_path), "--output", str(tmp_path / "x.h5")]) != 0
     assert f"{tmp_path}: missing IDX files: train-images-idx3-ubyte" in capsys.readouterr().err

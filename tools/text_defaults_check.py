@@ -12,7 +12,7 @@ model that only counts words. Prints both perplexities and their ratio.
 
     python tools/text_defaults_check.py                                # SOTU as one .txt
     python tools/text_defaults_check.py --text book.txt               # any UTF-8 text
-    python tools/text_defaults_check.py --max-lines 2000 --device cpu  # a subset: quick
+    python tools/text_defaults_check.py --sentences --max-lines 2000   # a subset: quick
     python tools/text_defaults_check.py --prepare-args="--tokenizer whitespace --min-count 1
         --no-lowercase"                                                # other prepare flags
 
@@ -33,9 +33,12 @@ import numpy
 import _path  # noqa: F401  (this checkout's engine first on sys.path)
 
 
-def write_sotu_text(path, archive=None, max_lines=None) -> int:
-    """The shipped addresses (or `archive`), oldest first, as one UTF-8 file of paragraphs
-    (one per line, as in the archive); at most `max_lines` lines. Returns the lines written."""
+def write_sotu_text(path, archive=None, max_lines=None, sentences=False) -> int:
+    """The shipped addresses (or `archive`), oldest first, as one UTF-8 file: one line per
+    line of the archive (a paragraph, or a whole address), or with `sentences` one line per
+    sentence (cut after . ! or ? and a space); at most `max_lines` lines. Returns the lines
+    written."""
+    import re
     import tarfile
 
     from engine.data.prepare import _sotu_members, default_corpus_path
@@ -43,11 +46,13 @@ def write_sotu_text(path, archive=None, max_lines=None) -> int:
     lines = 0
     with tarfile.open(archive, "r:*") as tf, open(path, "w", encoding="utf-8") as out:
         for _, name in _sotu_members(archive):
-            for line in tf.extractfile(tf.getmember(name)).read().decode("utf-8").splitlines():
-                if max_lines is not None and lines >= max_lines:
-                    return lines
-                out.write(line + "\n")
-                lines += 1
+            text = tf.extractfile(tf.getmember(name)).read().decode("utf-8")
+            for line in text.splitlines():
+                for piece in re.split(r"(?<=[.!?])\s+", line) if sentences else [line]:
+                    if max_lines is not None and lines >= max_lines:
+                        return lines
+                    out.write(piece + "\n")
+                    lines += 1
     return lines
 
 
@@ -112,6 +117,9 @@ def parse_args(argv=None):
     p.add_argument("--text", default=None, help="a UTF-8 text file (default: the shipped SOTU "
                                                   "addresses written out as one .txt)")
     p.add_argument("--max-lines", type=int, default=None, help="only the first N lines")
+    p.add_argument("--sentences", action="store_true",
+                   help="the SOTU text with one sentence per line (default: one address or "
+                        "paragraph per line, as in the archive)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"))
     p.add_argument("--max-steps-per-epoch", type=int, default=None,
                    help="cut the epoch (quick runs; the result then says so)")
@@ -132,7 +140,7 @@ def main(argv=None) -> int:
         if args.text:
             lines = copy_lines(args.text, text, args.max_lines)
         else:
-            lines = write_sotu_text(text, max_lines=args.max_lines)
+            lines = write_sotu_text(text, max_lines=args.max_lines, sentences=args.sentences)
         print(f"{text}: {lines:,} lines ({os.path.getsize(text) / 1e6:.1f} MB) from "
               f"{args.text or 'the shipped State of the Union addresses'}", flush=True)
         result = run_check(text, workdir, device=args.device, max_steps=args.max_steps_per_epoch,

@@ -30,7 +30,7 @@ from typing import Dict, Mapping, Optional, Tuple
 import h5py
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, corrupt_file
 from .arrays import Loader, batches_per_epoch, check_part, epoch_order, part_slice
 from .atomic_h5 import AtomicH5Writer
 
@@ -133,12 +133,13 @@ class ClassificationFile:
     def read(self, split, rows=None):
         """Features (float32, scaled) and labels of a split, or of the given sorted rows."""
         self._need(split)
-        dx, dy = self.file[f"{split}/x"], self.file[f"{split}/y"]
-        sel = slice(None) if rows is None else rows
-        x = dx[sel]
-        if x.dtype == np.uint8:
-            x = x.astype(np.float32) * np.float32(dx.attrs["scale"])
-        return np.asarray(x, dtype=np.float32), np.asarray(dy[sel], dtype=np.int64)
+        with corrupt_file(self.path, f"cannot read /{split}"):
+            dx, dy = self.file[f"{split}/x"], self.file[f"{split}/y"]
+            sel = slice(None) if rows is None else rows
+            x = dx[sel]
+            if x.dtype == np.uint8:
+                x = x.astype(np.float32) * np.float32(dx.attrs["scale"])
+            return np.asarray(x, dtype=np.float32), np.asarray(dy[sel], dtype=np.int64)
 
     def nbytes(self, split):
         self._need(split)
@@ -177,7 +178,8 @@ def open_classification(path, check_values: bool = True) -> ClassificationFile:
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file ({e})") from e
     try:
-        return _validate(path, f, check_values)
+        with corrupt_file(path, f"unreadable {FORMAT} file"):
+            return _validate(path, f, check_values)
     except BaseException:
         f.close()
         raise
@@ -202,6 +204,8 @@ def _validate(path, f, check_values) -> ClassificationFile:
     for s in SPLITS:
         if s not in f:
             continue
+        if not isinstance(f[s], h5py.Group):
+            raise DataError(f"{path}: /{s} is not a group (expected /{s}/x and /{s}/y)")
         for field in ("x", "y"):
             if field not in f[s]:
                 raise DataError(f"{path}: split {s!r} has no /{s}/{field}")
@@ -210,8 +214,14 @@ def _validate(path, f, check_values) -> ClassificationFile:
             raise DataError(f"{path}: /{s}/x has shape {dx.shape}, expected (N, {F})")
         if dx.dtype not in _X_DTYPES:
             raise DataError(f"{path}: /{s}/x has dtype {dx.dtype}, expected float32 or uint8")
-        if dx.dtype == np.uint8 and "scale" not in dx.attrs:
-            raise DataError(f"{path}: /{s}/x is uint8 but has no 'scale' attribute")
+        if dx.dtype == np.uint8:
+            scale = dx.attrs.get("scale")
+            if scale is None:
+                raise DataError(f"{path}: /{s}/x is uint8 but has no 'scale' attribute")
+            if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.number)) \
+                    or not np.isfinite(scale):
+                raise DataError(f"{path}: /{s}/x attribute scale = {scale!r}: expected a "
+                                f"finite number")
         if dy.shape != (dx.shape[0],) or dy.dtype.kind not in "iu":
             raise DataError(f"{path}: /{s}/y has shape {dy.shape} and dtype {dy.dtype}, "
                             f"expected ({dx.shape[0]},) integers")

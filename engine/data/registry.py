@@ -21,7 +21,7 @@ from __future__ import annotations
 import importlib
 import os
 
-from .errors import DataError
+from .errors import DataError, corrupt_file
 from .info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 
 LM_FORMAT = "engine-lm-corpus"
@@ -55,18 +55,13 @@ def describe(path) -> DatasetInfo:
     except OSError as e:
         raise DataError(f"{path}: not a readable HDF5 file (truncated or corrupt?): {e}; "
                         f"expected {_EXPECTED}") from e
-    with f:
+    with f, corrupt_file(path, "unreadable dataset file"):
         fmt = _text(f.attrs.get("format"))
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise DataError(f"{path}: root attribute 'format' is {fmt!r}, expected one of "
                             f"{', '.join(FORMATS)} ({_EXPECTED})")
-        try:
+        with corrupt_file(path, f"unreadable {fmt} file"):
             return importlib.import_module(FORMATS[fmt]).describe_file(path, f)
-        except DataError:
-            raise
-        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
-            raise DataError(f"{path}: unreadable {fmt} file (truncated or corrupt?): "
-                            f"{type(e).__name__}: {e}") from e
 
 
 def as_info(data) -> DatasetInfo:

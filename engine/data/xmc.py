@@ -40,10 +40,11 @@ from typing import Dict
 import h5py
 import numpy as np
 
-from .errors import DataError
+from .errors import DataError, corrupt_file
 from .arrays import Loader, batches_per_epoch, check_part, epoch_order, part_slice
 from .atomic_h5 import AtomicH5Writer
-from .xmc_text import DEFAULT_CHUNK_POINTS, count_point_lines, read_header, read_xmc_chunks
+from .xmc_text import (DEFAULT_CHUNK_POINTS, MAX_ID, count_point_lines, read_header,
+                       read_xmc_chunks)
 
 FORMAT = "engine-xmc"
 FORMAT_VERSION = 1
@@ -195,35 +196,69 @@ def _open(path):
     try:
         _check_header(path, f)
         return f
+    except DataError:
+        f.close()
+        raise
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as e:
+        f.close()
+        raise DataError(f"{path}: unreadable {FORMAT} file (truncated or corrupt?): "
+                        f"{type(e).__name__}: {e}") from e
     except BaseException:
         f.close()
         raise
 
 
+def _int_attr(path, attrs, name, low, where="root attribute"):
+    """attrs[name] as an int >= low (and within int32 ids), or DataError."""
+    if name not in attrs:
+        raise DataError(f"{path}: {where} {name} missing (expected an integer >= {low})")
+    value = attrs[name]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
+            not low <= int(value) <= MAX_ID + 1:
+        raise DataError(f"{path}: {where} {name} = {value!r}: expected an integer in "
+                        f"[{low}, {MAX_ID + 1}]")
+    return int(value)
+
+
 def _check_header(path, f):
+    """(F, L, num_train) of an open file whose root attributes are checked."""
     fmt = f.attrs.get("format")
-    fmt = fmt.decode() if isinstance(fmt, bytes) else fmt
-    if fmt != FORMAT:
+    fmt = fmt.decode("utf-8", "replace") if isinstance(fmt, bytes) else fmt
+    if not isinstance(fmt, str) or fmt != FORMAT:
         raise DataError(f"{path}: root attribute format is {fmt!r}, expected {FORMAT!r}")
-    version = int(f.attrs.get("format_version", -1))
+    version = _int_attr(path, f.attrs, "format_version", 0)
     if version != FORMAT_VERSION:
         raise DataError(f"{path}: format_version {version}, expected {FORMAT_VERSION}")
-    for name in ("num_features", "num_labels", "num_train"):
-        if name not in f.attrs:
-            raise DataError(f"{path}: root attribute {name} missing")
+    return (_int_attr(path, f.attrs, "num_features", 1), _int_attr(path, f.attrs, "num_labels", 1),
+            _int_attr(path, f.attrs, "num_train", 0))
 
 
 def _splits(f):
     return [s for s in SPLITS if s in f]
 
 
+def _split_sizes(path, f):
+    """{split: num_examples} from each split group's attribute."""
+    sizes = {}
+    for s in _splits(f):
+        if not isinstance(f[s], h5py.Group):
+            raise DataError(f"{path}: /{s} is not a group (expected x/ and y/ CSR datasets)")
+        sizes[s] = _int_attr(path, f[s].attrs, "num_examples", 0, f"/{s} attribute")
+    return sizes
+
+
 def _label_counts(path, f):
-    if "label_counts" not in f:
-        raise DataError(f"{os.fspath(path)}: dataset /label_counts missing")
-    counts = np.asarray(f["label_counts"][()], dtype=np.int64)
-    if counts.shape != (int(f.attrs["num_labels"]),):
-        raise DataError(f"{os.fspath(path)}: /label_counts has shape {counts.shape}, expected "
-                        f"({int(f.attrs['num_labels'])},)")
+    path = os.fspath(path)
+    L = _check_header(path, f)[1]
+    ds = f.get("label_counts")
+    if not isinstance(ds, h5py.Dataset):
+        raise DataError(f"{path}: dataset /label_counts missing")
+    if ds.shape != (L,) or ds.dtype.kind not in "iu":
+        raise DataError(f"{path}: /label_counts has dtype {ds.dtype} and shape {ds.shape}, "
+                        f"expected ({L},) integers")
+    counts = np.asarray(ds[()], dtype=np.int64)
+    if counts.size and counts.min() < 0:
+        raise DataError(f"{path}: /label_counts[{int(np.argmin(counts))}] is negative")
     return counts
 
 
@@ -232,12 +267,10 @@ def describe_file(path, f):
     multi-label, with the training label counts (PSP@k propensities)."""
     from .info import CLASSIFICATION, DatasetInfo, scalar_attrs
     path = os.path.abspath(os.fspath(path))
-    _check_header(path, f)
+    F, L, num_train = _check_header(path, f)
     return DatasetInfo(
-        path=path, format=FORMAT, kind=CLASSIFICATION,
-        splits={s: int(f[s].attrs.get("num_examples", 0)) for s in _splits(f)},
-        num_train=int(f.attrs["num_train"]), num_features=int(f.attrs["num_features"]),
-        num_classes=int(f.attrs["num_labels"]), multilabel=True, sparse=True,
+        path=path, format=FORMAT, kind=CLASSIFICATION, splits=_split_sizes(path, f),
+        num_train=num_train, num_features=F, num_classes=L, multilabel=True, sparse=True,
         label_counts=_label_counts(path, f), attrs=scalar_attrs(f.attrs))
 
 
@@ -249,27 +282,48 @@ def describe(path):
 
 def read_label_frequencies(path):
     """(label_counts (L,) int64, num_train) of an engine-xmc file: the inputs of PSP@k."""
-    with _open(path) as f:
-        return _label_counts(path, f), int(f.attrs["num_train"])
+    with _open(path) as f, corrupt_file(path, f"unreadable {FORMAT} file"):
+        return _label_counts(path, f), _check_header(path, f)[2]
+
+
+_KINDS = {"x/indptr": "iu", "x/indices": "iu", "x/data": "fiu", "y/indptr": "iu",
+          "y/indices": "iu"}
 
 
 def read_split(path, split):
-    """(x scipy CSR (N, F) float32, y_indptr (N+1,), y_indices) of a split, validated."""
-    import scipy.sparse
+    """(x scipy CSR (N, F) float32, y_indptr (N+1,), y_indices) of a split, validated: every
+    array 1-D of its kind, the indptr arrays rising from 0 to their nnz, ids in range, values
+    finite, N equal to the split's num_examples."""
     path = os.fspath(path)
+    with corrupt_file(path, f"unreadable {FORMAT} file"):
+        return _read_split(path, split)
+
+
+def _read_split(path, split):
+    import scipy.sparse
     with _open(path) as f:
         if split not in f:
             raise DataError(f"{path}: no split {split!r} (the file has {_splits(f)})")
-        F, L = int(f.attrs["num_features"]), int(f.attrs["num_labels"])
-        try:
-            g = f[split]
-            arrays = {name: g[name][()] for name in ("x/indptr", "x/indices", "x/data",
-                                                     "y/indptr", "y/indices")}
-        except KeyError as e:
-            raise DataError(f"{path}: /{split} lacks a dataset ({e})") from None
-        except (OSError, RuntimeError) as e:
-            raise DataError(f"{path}: cannot read /{split} (corrupt or truncated file?): {e}") from e
+        F, L, _ = _check_header(path, f)
+        n_declared = _split_sizes(path, f)[split]
+        arrays = {}
+        for name, kinds in _KINDS.items():
+            ds = f[split].get(name)
+            if not isinstance(ds, h5py.Dataset):
+                raise DataError(f"{path}: /{split}/{name} missing (expected a 1-D dataset)")
+            if ds.ndim != 1 or ds.dtype.kind not in kinds:
+                raise DataError(f"{path}: /{split}/{name} has dtype {ds.dtype} and shape "
+                                f"{ds.shape}, expected a 1-D "
+                                f"{'numeric' if 'f' in kinds else 'integer'} dataset")
+            try:
+                arrays[name] = ds[()]
+            except (OSError, RuntimeError) as e:
+                raise DataError(f"{path}: cannot read /{split}/{name} (corrupt or truncated "
+                                f"file?): {e}") from e
     n = arrays["x/indptr"].shape[0] - 1
+    if n < 0 or n != n_declared:
+        raise DataError(f"{path}: /{split}/x/indptr has {n + 1} entries but the split's "
+                        f"num_examples is {n_declared} (expected {n_declared + 1})")
     for name, size, bound in (("x", arrays["x/indices"].shape[0], F),
                               ("y", arrays["y/indices"].shape[0], L)):
         ptr = arrays[f"{name}/indptr"]
@@ -285,9 +339,14 @@ def read_split(path, split):
                                 f"outside [0, {bound})")
     if arrays["x/data"].shape != arrays["x/indices"].shape:
         raise DataError(f"{path}: /{split}/x/data and /{split}/x/indices differ in length")
-    x = scipy.sparse.csr_matrix((arrays["x/data"], arrays["x/indices"], arrays["x/indptr"]),
-                                shape=(n, F))
-    return x, arrays["y/indptr"], arrays["y/indices"]
+    data = arrays["x/data"].astype(np.float32)
+    if not np.isfinite(data).all():
+        bad = int(np.flatnonzero(~np.isfinite(data))[0])
+        raise DataError(f"{path}: /{split}/x/data[{bad}] = {arrays['x/data'][bad]} is not a "
+                        f"finite float32")
+    x = scipy.sparse.csr_matrix((data, arrays["x/indices"].astype(np.int32),
+                                 arrays["x/indptr"].astype(np.int64)), shape=(n, F))
+    return x, arrays["y/indptr"].astype(np.int64), arrays["y/indices"].astype(np.int32)
 
 
 class XMCLoader(Loader):

@@ -63,3 +63,16 @@ def test_prepare_synthetic_and_errors(tmp_path, capsys):
     assert main(["prepare", "xmc", str(bad), str(bad), "--output", str(tmp_path / "b.h5")]) == 2
     err = capsys.readouterr().err
     assert "bad.txt: line 2: malformed pair" in err
+
+
+def test_prepare_prints_one_summary_line(tmp_path, capsys):
+    """Not a Python dict: the file, its kind and sizes, examples per split, time, source."""
+    tr, te = str(tmp_path / "tr.txt"), str(tmp_path / "te.txt")
+    write_synthetic_xmc(tr, te, 100, 20, 30, 12, labels_per_point=2, features_per_point=4, seed=1)
+    out = tmp_path / "d.h5"
+    assert main(["prepare", "xmc", tr, te, "--output", str(out), "--valid-fraction", "0.2"]) == 0
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert len(printed) == 1 and "{" not in printed[0], printed
+    assert printed[0].startswith(f"[engine] {out}: multi-label, sparse, 30 features, 12 labels; "
+                                 f"train 80, valid 20, test 20 examples; ")
+    assert printed[0].endswith("source: tr.txt + te.txt")
