@@ -103,10 +103,13 @@ def run_check(text, workdir, device="auto", max_steps=None, prepare_args=(), tra
                                     verbose=False)
     test = engine.evaluate(corpus, split="test")
     unigram = add_one_unigram_perplexity(corpus)
-    from engine.data.registry import describe
-    info = describe(corpus)
+    from engine.data import open_lm_corpus
+    with open_lm_corpus(corpus) as c:
+        splits = {s: c.split_length(s) for s in c.splits}
+        unk_rate = {s: float(numpy.mean(c.tokens(s) == c.unk_id)) for s in c.splits}
+        vocab_size = c.vocab_size
     return {"text": text, "prepare": prepare[1:], "train": train[1:],
-            "vocab_size": info.vocab_size, "splits": info.splits, "steps": engine.step,
+            "vocab_size": vocab_size, "splits": splits, "unk_rate": unk_rate, "steps": engine.step,
             "train_seconds": seconds, "device": engine.device,
             "test_perplexity": float(test["perplexity"]), "unigram_test_perplexity": unigram,
             "ratio": float(test["perplexity"]) / unigram}
@@ -150,7 +153,9 @@ def main(argv=None) -> int:
     print(f"test perplexity: model {result['test_perplexity']:.1f}, add-one unigram "
           f"{result['unigram_test_perplexity']:.1f} (ratio {result['ratio']:.3f}) after "
           f"{result['steps']:,} steps ({result['train_seconds']:.0f} s on {result['device']}); "
-          f"vocabulary {result['vocab_size']:,} words, splits {result['splits']}")
+          f"vocabulary {result['vocab_size']:,} words; tokens (<unk> share) "
+          + ", ".join(f"{s} {n:,} ({100 * result['unk_rate'][s]:.1f}%)"
+                      for s, n in result["splits"].items()))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
