@@ -27,10 +27,10 @@ from engine.data.errors import DataError
 def budget(examples: int = 60):
     """Hypothesis settings: `examples` (or $ENGINE_PROPERTY_EXAMPLES) examples, no deadline,
     derandomised, no example database."""
+    hunting = "ENGINE_PROPERTY_EXAMPLES" in os.environ
     n = int(os.environ.get("ENGINE_PROPERTY_EXAMPLES", examples))
-    return settings(max_examples=n, deadline=None, derandomize="ENGINE_PROPERTY_EXAMPLES" not in os.environ,
-                    database=None, suppress_health_check=[HealthCheck.too_slow,
-                                                          HealthCheck.data_too_large])
+    return settings(max_examples=n, deadline=None, derandomize=not hunting, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
 BUDGET = budget()

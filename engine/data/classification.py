@@ -218,8 +218,9 @@ def _validate(path, f, check_values) -> ClassificationFile:
             scale = dx.attrs.get("scale")
             if scale is None:
                 raise DataError(f"{path}: /{s}/x is uint8 but has no 'scale' attribute")
-            if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.number)) \
-                    or not np.isfinite(scale):
+            number = isinstance(scale, (int, float, np.number)) and \
+                not isinstance(scale, (bool, np.bool_))
+            if not number or not np.isfinite(scale):
                 raise DataError(f"{path}: /{s}/x attribute scale = {scale!r}: expected a "
                                 f"finite number")
         if dy.shape != (dx.shape[0],) or dy.dtype.kind not in "iu":
