@@ -75,8 +75,11 @@ MODULES = {
         "engine/layers/meprop.py": [L + "test_meprop.py", O + "test_softmax_meprop.py"],
     },
     "optim": {
-        f"engine/optim/{name}.py": ["tests/optim"]
-        for name in ("adam", "base", "clipping", "schedules", "sgd", "slots")
+        **{f"engine/optim/{name}.py": ["tests/optim"]
+           for name in ("adam", "clipping", "schedules", "sgd", "slots")},
+        # base.py declares the options every optimizer takes: tests/test_options.py checks them
+        # against the constructors
+        "engine/optim/base.py": ["tests/optim", "tests/test_options.py"],
     },
     "metrics": {
         "engine/outputs/xmc_metrics.py": [O + "test_xmc_metrics.py"],
