@@ -14,8 +14,10 @@ Outcome of a mutant: "killed" (a test failed or errored), "timeout" (the tests r
 max(--min-timeout, --timeout-factor x the unmutated run); counted as killed: the bug hangs),
 "survived" (every test passed: the suite misses this change). Score = (killed + timeout) /
 sampled. Each survivor is printed with its id (`path:index`), line and changed line(s); rerun
-some by id with `--mutants ID,ID` after strengthening a test. The unmutated tests must pass
-first (else exit status 1).
+some by id with `--mutants ID,ID` after strengthening a test, or every survivor of a recorded
+run with `--json FILE --survivors-of before --label after` (the sources must be unchanged: the
+ids are positions in each file's list of mutants). The unmutated tests must pass first (else
+exit status 1).
 
 Not part of CI: a 40-mutant sample of a module takes 3 to 15 minutes on 2 cores.
 docs/mutation.md explains how to read the scores, and lists the survivors and their triage.
@@ -223,6 +225,32 @@ def run_module(files, mutants, args, log=print, root=ROOT, package="engine"):
     return {"counts": counts, "mutants": results}
 
 
+def _survivors(path, name, label, files):
+    """The run `label` of module `name` in the JSON file `path`, and its mutants that were not
+    killed, rebuilt from the sources (which must not have changed since)."""
+    with open(path, encoding="utf-8") as f:
+        earlier = json.load(f)["modules"][name][label]
+    left = [r for r in earlier["mutants"] if r["outcome"] in ("survived", "error")]
+    mutants = pick_mutants(files, [r["id"] for r in left]) if left else []
+    recorded = {r["id"]: r["diff"] for r in left}
+    for m in mutants:
+        if m.diff != recorded[m.id]:
+            raise ValueError(f"{m.id} is no longer the mutant recorded in {path} "
+                             "(the source changed): draw a new sample")
+    return earlier, mutants
+
+
+def _combine(earlier, rerun):
+    """The earlier run's mutants with the outcomes of `rerun` (its survivors run again): a
+    mutant killed earlier stays killed, since only tests were added."""
+    new = {r["id"]: dict(r, rerun=True) for r in rerun["mutants"]}
+    results = [new.get(r["id"], r) for r in earlier["mutants"]]
+    counts = {k: sum(r["outcome"] == k for r in results) for k in ("killed", "timeout", "survived", "error")}
+    counts["total"] = len(results)
+    counts["score"] = round((counts["killed"] + counts["timeout"]) / max(1, len(results)), 3)
+    return {"counts": counts, "mutants": results}
+
+
 def _merge_json(path, command, args, name, label, pool, result):
     data = {}
     if os.path.exists(path):
@@ -249,6 +277,9 @@ def parse_args(argv):
     p.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
     p.add_argument("--mutants", default=None,
                    help="comma-separated mutant ids (path:index) to run instead of a sample")
+    p.add_argument("--survivors-of", default=None, metavar="LABEL",
+                   help="rerun only the mutants that survived the run LABEL recorded in --json "
+                        "(same sample); the others count as killed again")
     p.add_argument("--list", action="store_true", help="print the drawn mutants, run nothing")
     p.add_argument("--timeout-factor", type=float, default=3.0,
                    help="a mutant's time limit in units of the unmutated run (default 3)")
@@ -264,6 +295,10 @@ def parse_args(argv):
         p.error("--timeout-factor and --min-timeout must be positive")
     if args.mutants and args.module == "all":
         p.error("--mutants needs one --module, not all")
+    if args.survivors_of and not (args.json and os.path.isfile(args.json)):
+        p.error("--survivors-of needs --json naming the file that holds that run")
+    if args.survivors_of and args.mutants:
+        p.error("--survivors-of and --mutants exclude each other")
     if args.json and os.path.isdir(args.json):
         p.error(f"--json {args.json} is a folder")
     return p, args
@@ -276,7 +311,14 @@ def main(argv=None):
     summary = []
     for name in names:
         files = MODULES[name]
-        if args.mutants:
+        earlier = None
+        if args.survivors_of:
+            try:
+                earlier, mutants = _survivors(args.json, name, args.survivors_of, files)
+            except ValueError as exc:
+                p.error(f"--survivors-of: {exc}")
+            pool = earlier.get("candidates")
+        elif args.mutants:
             try:
                 mutants = pick_mutants(files, [i.strip() for i in args.mutants.split(",") if i.strip()])
             except ValueError as exc:
@@ -295,6 +337,9 @@ def main(argv=None):
         except RuntimeError as exc:
             print(f"tools/mutation.py: {exc}", file=sys.stderr)
             return 1
+        if earlier is not None:
+            result = _combine(earlier, result)
+            args.seed, args.sample = earlier["seed"], earlier["sample"]
         c = result["counts"]
         summary.append((name, c))
         if args.json:
