@@ -255,3 +255,18 @@ def test_numpy_vs_cupy(dtype):
     numpy.testing.assert_allclose(to_host(gpu.log_softmax(hg, chunk_size=50)),
                                   cpu.log_softmax(h, chunk_size=50), **tol)
     numpy.testing.assert_array_equal(to_host(gpu.predict(hg)), cpu.predict(h))
+
+
+def test_backward_needs_a_fresh_training_forward():
+    # before any forward, after a backward, and after forward(train=False): no cached batch to use
+    out = make()
+    h, t = data()
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
+    out.forward(h, t)
+    out.backward()
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
+    out.forward(h, t, train=False)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
