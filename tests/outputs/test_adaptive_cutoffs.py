@@ -136,3 +136,15 @@ def test_cost_model_interpolation_is_exact_on_power_laws():
     numpy.testing.assert_allclose(cm.head([8192.0, 4.0]), [head(4096.0) * 2, head(8.0)], rtol=1e-12)
     numpy.testing.assert_allclose(cm.proj(0, [512.0, 0.5]), [proj(256.0) * 2, proj(1.0) * 0.5],
                                   rtol=1e-12)
+
+
+def test_measured_search_beyond_four_clusters(tmp_path, monkeypatch):
+    # the measured table must hold a tail for every cluster the search may use (here 5 > the
+    # default 4)
+    monkeypatch.setenv("ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(ac, "_MEMORY_CACHE", {})
+    counts = (zipf(3000) * 1e6).round()
+    report = ac.choose_cutoffs(counts, 32, backend=Backend(), batch=64, max_clusters=5,
+                               n_candidates=24, verbose=False)
+    assert [J for J, _, _ in report["per_J"]] == list(range(6))
+    assert len(report["cutoffs"]) <= 5
