@@ -10,7 +10,8 @@ mutants), and for each one writes the mutated file into a scratch copy of the ch
 temporary folder outside it, removed at the end), runs that file's tests there with
 `pytest -x` and a time limit, and puts the original back. The working tree is never written.
 
-Outcome of a mutant: "killed" (a test failed or errored), "timeout" (the tests ran past
+Outcome of a mutant: "killed" (a test failed or errored, or the test process crashed),
+"timeout" (the tests ran past
 max(--min-timeout, --timeout-factor x the unmutated run); counted as killed: the bug hangs),
 "survived" (every test passed: the suite misses this change). Score = (killed + timeout) /
 sampled. Each survivor is printed with its id (`path:index`), line and changed line(s); rerun
@@ -169,9 +170,13 @@ def run_tests(scratch, tests, timeout):
         return "timeout", time.monotonic() - start, ""
     lines = [l for l in out.splitlines() if l.strip()]
     last = lines[-1] if lines else ""
-    # 1: a test failed; 2: interrupted by an error (collection, import): both are catches.
-    # 3-5 (internal error, usage, no tests) say the run itself is broken: "error".
-    status = {0: "passed", 1: "failed", 2: "failed"}.get(proc.returncode, "error")
+    # 1: a test failed; 2: interrupted by an error (collection, import); below 0: the test
+    # process died of a signal (a segfault in a jitted loop that wrote out of bounds): all
+    # catches. 3-5 (internal error, usage, no tests) say the run itself is broken: "error".
+    rc = proc.returncode
+    status = "failed" if rc in (1, 2) or rc < 0 else "passed" if rc == 0 else "error"
+    if rc < 0:
+        last = f"died of signal {-rc}"
     return status, time.monotonic() - start, last
 
 
@@ -213,7 +218,7 @@ def run_module(files, mutants, args, log=print, root=ROOT, package="engine"):
                     f.write(original)
             outcome = {"failed": "killed", "passed": "survived"}.get(status, status)
             results.append({"id": m.id, "line": m.line, "operator": m.operator, "diff": m.diff,
-                            "outcome": outcome, "seconds": round(secs, 1)})
+                            "outcome": outcome, "seconds": round(secs, 1), "last_line": last[-200:]})
             log(f"  [{n}/{len(mutants)}] {outcome:8s} {m.id} (line {m.line}, {secs:.1f} s)")
             if outcome != "killed":
                 log("      " + m.diff.replace("\n", "\n      "))

@@ -5,7 +5,7 @@ family we rely on), where it makes none (module level, decorators, docstrings, `
 `# pragma: no mutate`), that a numba-style decorated function is mutated, and that every mutant
 is valid Python that differs from the source. The driver on a tiny project made here (its own
 git repository): a mutant a test catches is "killed", one no test sees "survived", one that
-loops forever "timeout"; the project's files are unchanged afterwards and the scratch copy is
+loops forever "timeout", one that crashes the test process "killed"; the project's files are unchanged afterwards and the scratch copy is
 gone. And the command line's refusals.
 """
 import argparse
@@ -108,6 +108,15 @@ def test_negative_numbers_render(gen):
 # -- the driver ---------------------------------------------------------------------------
 
 CALC = textwrap.dedent('''\
+    import os
+
+
+    def guard(n):
+        if n < 5:
+            os.abort()
+        return n
+
+
     def add(a, b):
         return a + b
 
@@ -124,7 +133,10 @@ CALC = textwrap.dedent('''\
     ''')
 
 TEST_CALC = textwrap.dedent('''\
-    from calc_pkg.calc import add, count
+    from calc_pkg.calc import add, count, guard
+
+    def test_guard():
+        assert guard(5) == 5
 
     def test_add():
         assert add(2, 3) == 5
@@ -165,7 +177,8 @@ def test_killed_survived_timeout_and_nothing_left(project):
     files = {"calc_pkg/calc.py": ["tests/test_calc.py"]}
     ids = [_id_of(tool, project, "- return a + b\n+ return a - b"),
            _id_of(tool, project, "- return x * 2\n+ return x / 2"),
-           _id_of(tool, project, "- i += 1\n+ i -= 1")]
+           _id_of(tool, project, "- i += 1\n+ i -= 1"),
+           _id_of(tool, project, "- if n < 5:\n+ if n <= 5:")]
     mutants = tool.pick_mutants(files, ids, root=str(project))
     assert [m.id for m in mutants] == sorted(ids, key=lambda i: int(i.split(":")[1]))
     args = argparse.Namespace(baseline_timeout=300, min_timeout=15, timeout_factor=1.0)
@@ -175,9 +188,10 @@ def test_killed_survived_timeout_and_nothing_left(project):
     outcome = {r["diff"]: r["outcome"] for r in result["mutants"]}
     assert outcome == {"- return a + b\n+ return a - b": "killed",
                        "- return x * 2\n+ return x / 2": "survived",
-                       "- i += 1\n+ i -= 1": "timeout"}
-    assert result["counts"] == {"killed": 1, "timeout": 1, "survived": 1, "error": 0,
-                                "total": 3, "score": 0.667}
+                       "- i += 1\n+ i -= 1": "timeout",
+                       "- if n < 5:\n+ if n <= 5:": "killed"}           # the tests crashed
+    assert result["counts"] == {"killed": 2, "timeout": 1, "survived": 1, "error": 0,
+                                "total": 4, "score": 0.75}
     assert (project / "calc_pkg" / "calc.py").read_text() == CALC
     assert _scratch_folders() == before
 
