@@ -69,7 +69,8 @@ MODULES = {
                                                O + "test_spherical_family.py"],
     },
     "ffi": {
-        "engine/layers/fixed_fanin.py": [L + "test_fixed_fanin.py"],
+        # fixed_fanin.py also holds the layer's rewire() and after_step(): test_rewiring.py
+        "engine/layers/fixed_fanin.py": [L + "test_fixed_fanin.py", L + "test_rewiring.py"],
         "engine/layers/fixed_fanin_rewire.py": [L + "test_rewiring.py"],
         "engine/backend/numpy_ffi.py": [B + "test_ffi_primitives.py", L + "test_fixed_fanin.py"],
         "engine/backend/cpu_ffi.py": [B + "test_ffi_primitives.py"],
