@@ -48,7 +48,9 @@ MODULES = {
     "backend": {
         "engine/backend/numpy_backend.py": [B + "test_primitives.py", B + "test_primitives_overflow.py",
                                             B + "test_topk_and_indices.py"],
-        "engine/backend/cpu_loops.py": [B + "test_cpu_loops.py", B + "test_primitives.py"],
+        # cpu_loops.py also holds select_by_threshold, the numba pass of Backend.topk
+        "engine/backend/cpu_loops.py": [B + "test_cpu_loops.py", B + "test_primitives.py",
+                                        B + "test_topk_and_indices.py"],
         "engine/backend/numpy_topk.py": [B + "test_topk_and_indices.py"],
         "engine/backend/numpy_sparse.py": [B + "test_sparse_primitives.py"],
         "engine/backend/cpu_sparse.py": [B + "test_sparse_primitives.py"],

@@ -409,3 +409,19 @@ def test_adam_step_broadcast_grad_takes_the_numpy_path():
     assert not cpu_loops.adam_fast_path(p, g, m, v)
     Backend().adam_step(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 1)
     assert_allclose(p, numpy.tile(numpy.array([0.9, 1.1], numpy.float32), (4, 1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float32, numpy.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_scatter_add_rows_into_a_3d_table(dtype, order):
+    """A (V, 2, 3) table, contiguous or not: the rows are (2, 3) blocks; the update lands in the
+    caller's array."""
+    rng = numpy.random.default_rng(17)
+    out = numpy.asarray(rng.standard_normal((5, 2, 3)), dtype=dtype, order=order)
+    ids = numpy.array([4, 0, 4, 1])
+    rows = rng.standard_normal((4, 2, 3)).astype(dtype)
+    expected = out.astype(numpy.float64)
+    numpy.add.at(expected, ids, rows.astype(numpy.float64))
+    ret = Backend().scatter_add_rows(out, ids, rows)
+    assert ret is out
+    assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
