@@ -425,3 +425,25 @@ def test_scatter_add_rows_into_a_3d_table(dtype, order):
     ret = Backend().scatter_add_rows(out, ids, rows)
     assert ret is out
     assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", ["fortran-order", "float64-grad"])
+def test_adam_step_rows_numpy_path(case):
+    """adam_step_rows where the numba loops cannot take the arrays (a column-major table, a
+    gradient of another dtype): the NumPy path, against the Adam formula on those rows."""
+    rng = numpy.random.default_rng(14)
+    n_rows, width = 12, 4
+    param = rng.standard_normal((n_rows, width)).astype(numpy.float32)
+    m = (0.1 * rng.standard_normal((n_rows, width))).astype(numpy.float32)
+    v = (0.1 * rng.random((n_rows, width))).astype(numpy.float32)
+    rows = numpy.array([9, 2, 5])
+    grad = rng.standard_normal((rows.size, width))
+    want = ref_adam(param[rows], grad.astype(numpy.float32), m[rows], v[rows], step=4,
+                    weight_decay=0.05, **ADAM)
+    dev = [numpy.asfortranarray(a) if case == "fortran-order" else a.copy() for a in (param, m, v)]
+    g = grad.astype(numpy.float32) if case == "fortran-order" else grad
+    Backend().adam_step_rows(dev[0], rows, g, dev[1], dev[2], step=4, weight_decay=0.05, **ADAM)
+    untouched = numpy.setdiff1d(numpy.arange(n_rows), rows)
+    for got, w, before in zip(dev, want, (param, m, v)):
+        assert_allclose(got[rows], w, rtol=1e-5, atol=1e-6)
+        assert_array_equal(got[untouched], before[untouched])
