@@ -172,6 +172,7 @@ def _scratch_folders():
     return {n for n in os.listdir(tempfile.gettempdir()) if n.startswith("engine-mutation-")}
 
 
+@pytest.mark.slow
 def test_killed_survived_timeout_and_nothing_left(project):
     tool = load_tool("mutation")
     files = {"calc_pkg/calc.py": ["tests/test_calc.py"]}
