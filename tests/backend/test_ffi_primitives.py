@@ -93,6 +93,9 @@ def test_unknown_method_is_refused():
     index = be.ffi_index(numpy.zeros((2, 1), numpy.int32), 3)
     with pytest.raises(ValueError, match="not one of this backend's"):
         be.ffi_forward(numpy.zeros((3, 1)), index, numpy.zeros((2, 1)), method="kernel")
+    with pytest.raises(ValueError, match="not one of this backend's"):
+        be.ffi_backward(numpy.zeros((1, 2)), numpy.zeros((3, 1)), index, numpy.zeros((2, 1)),
+                        method="cusparse")
     with pytest.raises(ValueError, match="int32"):
         be.ffi_index(numpy.zeros((2, 1), numpy.int64), 3)
 

@@ -409,3 +409,42 @@ def test_adam_step_broadcast_grad_takes_the_numpy_path():
     assert not cpu_loops.adam_fast_path(p, g, m, v)
     Backend().adam_step(p, g, m, v, 0.1, 0.9, 0.999, 1e-8, 1)
     assert_allclose(p, numpy.tile(numpy.array([0.9, 1.1], numpy.float32), (4, 1)), rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [numpy.float16, numpy.float32, numpy.float64])
+@pytest.mark.parametrize("order", ["C", "F"])
+def test_scatter_add_rows_into_a_3d_table(dtype, order):
+    """A (V, 2, 3) table, contiguous or not, through the numba loop (float32/64) or the NumPy
+    fallback (float16): the rows are (2, 3) blocks; the update lands in the caller's array."""
+    rng = numpy.random.default_rng(17)
+    out = numpy.asarray(rng.standard_normal((5, 2, 3)), dtype=dtype, order=order)
+    ids = numpy.array([4, 0, 4, 1])
+    rows = rng.standard_normal((4, 2, 3)).astype(dtype)
+    expected = out.astype(numpy.float64)
+    numpy.add.at(expected, ids, rows.astype(numpy.float64))
+    ret = Backend().scatter_add_rows(out, ids, rows)
+    assert ret is out and out.dtype == dtype
+    tol = 5e-3 if dtype == numpy.float16 else 1e-6
+    assert_allclose(out.astype(numpy.float64), expected, rtol=tol, atol=tol)
+
+
+@pytest.mark.parametrize("case", ["fortran-order", "float64-grad"])
+def test_adam_step_rows_numpy_path(case):
+    """adam_step_rows where the numba loops cannot take the arrays (a column-major table, a
+    gradient of another dtype): the NumPy path, against the Adam formula on those rows."""
+    rng = numpy.random.default_rng(14)
+    n_rows, width = 12, 4
+    param = rng.standard_normal((n_rows, width)).astype(numpy.float32)
+    m = (0.1 * rng.standard_normal((n_rows, width))).astype(numpy.float32)
+    v = (0.1 * rng.random((n_rows, width))).astype(numpy.float32)
+    rows = numpy.array([9, 2, 5])
+    grad = rng.standard_normal((rows.size, width))
+    want = ref_adam(param[rows], grad.astype(numpy.float32), m[rows], v[rows], step=4,
+                    weight_decay=0.05, **ADAM)
+    dev = [numpy.asfortranarray(a) if case == "fortran-order" else a.copy() for a in (param, m, v)]
+    g = grad.astype(numpy.float32) if case == "fortran-order" else grad
+    Backend().adam_step_rows(dev[0], rows, g, dev[1], dev[2], step=4, weight_decay=0.05, **ADAM)
+    untouched = numpy.setdiff1d(numpy.arange(n_rows), rows)
+    for got, w, before in zip(dev, want, (param, m, v)):
+        assert_allclose(got[rows], w, rtol=1e-5, atol=1e-6)
+        assert_array_equal(got[untouched], before[untouched])

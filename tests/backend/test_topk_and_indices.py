@@ -114,5 +114,7 @@ def test_check_ids_in_range_only_where_host_checks_are_free(backend):
         backend.check_ids_in_range(ids, -1, 5, "unused")
         with pytest.raises(ValueError, match="^4$"):
             backend.check_ids_in_range(ids, None, 4, "{max}")
+        # no ids: nothing out of range (no min/max of an empty array)
+        backend.check_ids_in_range(backend.asarray(numpy.zeros(0, numpy.int64)), 0, 4, "unused")
     else:
         backend.check_ids_in_range(ids, 0, 4, "must not be raised on a device backend")

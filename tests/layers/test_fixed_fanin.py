@@ -289,3 +289,33 @@ def test_bad_arguments_and_inputs_raise_clear_errors():
 
 def test_auto_measures_once_per_power_of_two_batch_bucket():
     assert [ffi_layer.batch_bucket(b) for b in (1, 3, 32, 33, 256)] == [1, 4, 32, 64, 256]
+
+
+def test_rows_sorted_flag_follows_the_indices():
+    # rows_sorted: every row's indices strictly ascending (adjacent indices included)
+    layer = make_layer(Backend(), I=6, L=2, K=3)
+    for idx, expect in [([[0, 1, 2], [3, 4, 5]], True), ([[0, 2, 5], [1, 3, 4]], True),
+                        ([[0, 1, 2], [4, 3, 5]], False)]:
+        layer.set_indices(numpy.array(idx))
+        assert layer.rows_sorted is expect, idx
+
+
+class _TwoPathBackend(Backend):
+    """The NumPy backend offering two FFI paths, as the GPU does: "auto" must measure."""
+    ffi_methods = ("numba", "reference")
+
+
+def test_auto_measures_and_picks_one_of_several_paths(monkeypatch):
+    monkeypatch.setattr(ffi_layer, "CHOICES", {})
+    be = _TwoPathBackend()
+    layer = make_layer(be, method="auto")
+    rng = numpy.random.default_rng(3)
+    x, dy = rng.standard_normal((5, 30)), rng.standard_normal((5, 50))
+    y = layer.forward(x)
+    dx = layer.backward(dy)
+    assert layer._used_method in be.ffi_methods and len(ffi_layer.CHOICES) == 1
+    dense, idx = dense_of(layer), layer.indices
+    numpy.testing.assert_allclose(y, x @ dense.T + layer.params["bias"], rtol=1e-12, atol=1e-12)
+    numpy.testing.assert_allclose(dx, dy @ dense, rtol=1e-12, atol=1e-12)
+    dw = numpy.einsum("bl,blk->lk", dy, x[:, idx])          # slot (l, k) sees x[:, idx[l, k]]
+    numpy.testing.assert_allclose(layer.grads["weights"], dw, rtol=1e-12, atol=1e-12)

@@ -205,6 +205,14 @@ def test_random_is_reproducible_by_seed_and_differs_across_seeds_and_steps(be):
                                  random_pattern(be, 9, (0, 3))[0])
 
 
+
+def test_random_rows_with_row_offset_are_those_rows_of_the_global_batch(be):
+    # a rank holding rows [r, r + B) of a global minibatch draws exactly those rows' patterns
+    key = (1, 0, 3, 2, 1)
+    whole = mp.random_rows(be, 10, 20, 4, key)
+    for r, B in [(0, 10), (3, 4), (7, 3)]:
+        assert_array_equal(mp.random_rows(be, B, 20, 4, key, row_offset=r), whole[r:r + B])
+
 def test_random_rows_are_roughly_uniform(be):
     idx = mp.random_rows(be, 4000, 10, 3, (0, 1))
     counts = numpy.bincount(idx.reshape(-1), minlength=10) / idx.size

@@ -51,6 +51,25 @@ def test_cosine_total_steps_set_at_run_time():
     assert fixed.total_steps == 8
 
 
+
+def test_warmup_passes_the_run_length_to_its_inner_schedule():
+    sched = make_schedule("warmup:2+cosine")
+    sched.set_total_steps(10)
+    for s in range(12):
+        expect = 0.5 * (1 + math.cos(math.pi * min(1.0, s / 10))) * min(1.0, (s + 1) / 2)
+        assert sched(1.0, s, 0) == pytest.approx(expect, rel=1e-15, abs=1e-15)
+
+
+@pytest.mark.parametrize("sched", [
+    Constant(), StepDecay(3, 0.25), Cosine(total_steps=10, min_lr=0.01, warmup_steps=2),
+    Plateau(factor=0.3, patience=2, threshold=1e-3, mode="max", min_lr=1e-5),
+    LinearWarmup(3, inner=Plateau(0.5, mode="max"))], ids=lambda s: s.name)
+def test_spec_builds_the_same_schedule(sched):
+    # spec() is what a run's config.toml records: make_schedule must read it back exactly
+    again = make_schedule(sched.spec())
+    assert type(again) is type(sched) and again.config() == sched.config()
+    assert again.spec() == sched.spec()
+
 def test_linear_warmup_wraps():
     sched = LinearWarmup(4, inner=StepDecay(1, 0.1))
     assert [sched(1.0, s, 0) for s in range(6)] == pytest.approx([0.25, 0.5, 0.75, 1, 1, 1])

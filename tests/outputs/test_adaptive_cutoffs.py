@@ -116,3 +116,35 @@ def test_choose_cutoffs_respects_head_coverage():
     assert kept["min_head"] == floor
     assert (kept["cutoffs"][0] if kept["cutoffs"] else D) >= floor
     assert kept["predicted_ms"] >= free["predicted_ms"] - 1e-12   # a constraint never helps speed
+
+
+def test_cost_model_interpolation_is_exact_on_power_laws():
+    # the cost model interpolates log-log between grid points, so a table sampled from a power
+    # law gives the power law back in between; beyond the grids it is linear (k above, m above),
+    # flat below the k grid and proportional below the first m
+    from engine.outputs.adaptive_cutoffs import CostModel
+    ks, ms = numpy.array([8.0, 64, 512, 4096]), numpy.array([1.0, 16, 256])
+    head = lambda k: 1e-6 * k ** 0.8
+    tail = lambda m, k: 2e-7 * m ** 0.6 * k ** 0.9
+    proj = lambda m: 3e-7 * m ** 0.7
+    cm = CostModel({"k_grid": ks.tolist(), "m_grid": ms.tolist(), "head": head(ks).tolist(),
+                    "tails": [[tail(m, ks).tolist() for m in ms]], "proj": [proj(ms).tolist()]})
+    k, m = numpy.array([20.0, 100, 3000]), numpy.array([3.0, 50, 200])
+    numpy.testing.assert_allclose(cm.head(k), head(k), rtol=1e-12)
+    numpy.testing.assert_allclose(cm.proj(0, m), proj(m), rtol=1e-12)
+    numpy.testing.assert_allclose(cm.tail(0, m, k), tail(m, k), rtol=1e-12)
+    numpy.testing.assert_allclose(cm.head([8192.0, 4.0]), [head(4096.0) * 2, head(8.0)], rtol=1e-12)
+    numpy.testing.assert_allclose(cm.proj(0, [512.0, 0.5]), [proj(256.0) * 2, proj(1.0) * 0.5],
+                                  rtol=1e-12)
+
+
+def test_measured_search_beyond_four_clusters(tmp_path, monkeypatch):
+    # the measured table must hold a tail for every cluster the search may use (here 5 > the
+    # default 4)
+    monkeypatch.setenv("ENGINE_CACHE", str(tmp_path))
+    monkeypatch.setattr(ac, "_MEMORY_CACHE", {})
+    counts = (zipf(3000) * 1e6).round()
+    report = ac.choose_cutoffs(counts, 32, backend=Backend(), batch=64, max_clusters=5,
+                               n_candidates=24, verbose=False)
+    assert [J for J, _, _ in report["per_J"]] == list(range(6))
+    assert len(report["cutoffs"]) <= 5

@@ -255,3 +255,63 @@ def test_numpy_vs_cupy(dtype):
     numpy.testing.assert_allclose(to_host(gpu.log_softmax(hg, chunk_size=50)),
                                   cpu.log_softmax(h, chunk_size=50), **tol)
     numpy.testing.assert_array_equal(to_host(gpu.predict(hg)), cpu.predict(h))
+
+
+def test_backward_needs_a_fresh_training_forward():
+    # before any forward, after a backward, and after forward(train=False): no cached batch to use
+    out = make()
+    h, t = data()
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
+    out.forward(h, t)
+    out.backward()
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
+    out.forward(h, t, train=False)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
+
+
+def test_log_prob_with_an_empty_tail_before_a_busy_one():
+    # no row in tail 0 (words 5..14), rows in tail 1: the later tail must still be computed
+    out = make(tail_bias=True)
+    h, t = data(cover=(0, 20, 33))
+    t[(t >= 5) & (t < 15)] = 2
+    ref = full_log_softmax_reference(out, h)
+    lp_ref = ref[numpy.arange(len(t)), t]
+    numpy.testing.assert_allclose(out.log_prob(h, t), lp_ref, rtol=1e-12, atol=1e-13)
+    assert abs(float(out.forward(h, t, train=False)) + lp_ref.mean()) < 1e-12
+
+
+def test_ignored_rows_never_reach_a_tail():
+    # a one-word shortlist (cutoffs 1, 15): whatever stands in for an ignored row's target must
+    # not route it into a tail; the result equals the batch without those rows
+    out = make(cutoffs=(1, 15), ignore_index=3)
+    h, t = data(cover=(0, 20, 33))
+    t[(t >= 1) & (t < 15)] = 0                  # valid rows: head word 0 and tail 1 only
+    t[[2, 5]] = -1
+    t[7] = 3
+    loss = float(out.forward(h, t))
+    dh = out.backward()
+    keep = numpy.setdiff1d(numpy.arange(len(t)), [2, 5, 7])
+    ref = make(cutoffs=(1, 15), ignore_index=3)
+    assert abs(loss - float(ref.forward(h[keep], t[keep]))) < 1e-12
+    ref.backward()
+    assert set(out.grads) == set(ref.grads)
+    for name in ref.grads:
+        numpy.testing.assert_allclose(out.grads[name], ref.grads[name], rtol=1e-11, atol=1e-14)
+    assert numpy.all(dh[[2, 5, 7]] == 0)
+    numpy.testing.assert_array_equal(out.log_prob(h, t)[[2, 5, 7]], 0)
+
+
+def test_float32_layer_stays_float32():
+    out = make(dtype=numpy.float32, reduction="none", tail_bias=True)
+    assert all(p.dtype == numpy.float32 for p in out.params.values())
+    h, t = data()
+    h = h.astype(numpy.float32)
+    loss = out.forward(h, t)
+    assert loss.dtype == numpy.float32
+    dh = out.backward(numpy.linspace(0.5, 1.5, len(t)))          # float64 row weights
+    assert dh.dtype == numpy.float32
+    assert all(g.dtype == numpy.float32 for g in out.grads.values())
+    assert out.log_prob(h, t).dtype == numpy.float32

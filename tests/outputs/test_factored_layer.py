@@ -165,3 +165,25 @@ def test_default_check_every_grows_with_d_over_bd():
     assert default_check_every(1000, 16, 8) == 235          # 30 * 1000 / 128 = 234.4
     assert default_check_every(500, 64, 128) == 100         # small D: every 100 updates
     assert default_check_every(793471, 300, 128) == 620
+
+
+@pytest.mark.parametrize("loss", LOSSES)
+def test_config_rebuilds_the_layer(loss):
+    # a checkpoint rebuilds the layer from config(): every option must come back as it was
+    layer = make_output(f"factored-{loss}", 8, 60, monitor="exact", monitor_probes=3, q_tol=1e-9,
+                        inv_tol=1e-10, check_every=7, reinvert_every=11, deterministic=True)
+    cfg = layer.config()
+    again = type(layer)(**cfg)
+    assert again.config() == cfg
+    assert (again.monitor, again.monitor_probes, again.q_tol, again.inv_tol) == ("exact", 3, 1e-9, 1e-10)
+
+
+def test_checks_restore_a_drifted_wbar():
+    # wbar = W^T 1 is kept for the losses that use s = sum(o); when it drifts, the checks must
+    # recompute it from the factors, i.e. equal the column sums of the dense W
+    layer = _trained("taylor")
+    W = layer.dense_weight()
+    layer.params["wbar"][3] += 1e-3 * float(numpy.abs(layer.params["wbar"]).max())
+    mon = layer.run_checks(exact=True)
+    assert mon["wbar_rel_err"] > 1e-6
+    numpy.testing.assert_allclose(layer.params["wbar"], W.sum(axis=0), rtol=1e-12, atol=1e-12)

@@ -110,3 +110,34 @@ def test_fused_sgd_update_equals_plain_sgd_step(chunk, block_bytes, monkeypatch)
         plain.params["b"] -= lr * plain.grads["b"]
         numpy.testing.assert_allclose(fused.params["W"], plain.params["W"], rtol=1e-12, atol=1e-14)
         numpy.testing.assert_allclose(fused.params["b"], plain.params["b"], rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_float32_layer_returns_float32(chunk):
+    # every value of a float32 layer stays float32 (a float64 running max or lse would double the
+    # memory and disagree with the GPU kernels, which take the layer's dtype)
+    out = make(D=20, d=5, chunk=chunk, dtype=numpy.float32)
+    rng = numpy.random.default_rng(8)
+    h = rng.standard_normal((3, 5)).astype(numpy.float32)
+    t = numpy.array([0, 19, 7])
+    assert out.forward(h, t).dtype == numpy.float32
+    assert out.backward().dtype == numpy.float32
+    assert out.log_prob(h, t).dtype == numpy.float32
+    assert out.log_softmax(h).dtype == numpy.float32
+    ids, vals = out.predict_topk(h, 4)
+    assert ids.dtype == numpy.int64 and vals.dtype == numpy.float32
+
+
+@pytest.mark.parametrize("chunk", [None, 4])
+def test_backward_needs_a_fresh_training_forward(chunk):
+    # backward consumes the cache: a second backward (or one after forward(train=False)) must not
+    # silently reuse the previous batch
+    out = make(chunk=chunk)
+    h, t = numpy.random.default_rng(9).standard_normal((4, 6)), numpy.array([1, 2, 3, 4])
+    out.forward(h, t)
+    out.backward()
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()
+    out.forward(h, t, train=False)
+    with pytest.raises(RuntimeError, match="without a forward"):
+        out.backward()

@@ -79,6 +79,9 @@ def test_unknown_member_and_bad_parameters():
         make_loss("softmax")
     with pytest.raises(ValueError, match="eps"):
         make_loss("spherical", eps=0.0)
+    for a in (0.0, -0.5):          # a scales z: a = 0 makes the Z-loss constant
+        with pytest.raises(ValueError, match="a must be > 0"):
+            make_loss("zloss", a=a)
     with pytest.raises(ValueError, match="targets"):
         targets_and_mask(numpy, numpy.zeros((2, 2, 2), int), 2, 10)
     assert set(LOSSES) >= {"squared", "spherical", "taylor", "zloss"}

@@ -81,6 +81,18 @@ def test_fewer_labels_than_k():
     assert s["ndcg@5"] == pytest.approx(1.0)
 
 
+
+def test_single_label_with_padding():
+    # L = 1: the padded target slots must not index a label that does not exist.
+    ids = numpy.array([[0], [0]])
+    t = numpy.array([[0, -1], [-1, -1]])
+    inv = numpy.array([3.0])
+    s = metric_sums(numpy, ids, t, inv, ks=(1,))
+    ref = dense_reference(numpy.array([[1.0], [1.0]]), t, inv, ks=(1,))
+    for key, value in ref.items():
+        assert float(s[key]) == pytest.approx(value, rel=1e-12), key
+    assert s["psp@1"] == 3.0 and s["psp_best@1"] == 3.0
+
 def test_propensity_formula():
     counts = numpy.array([0, 1, 10, 1000])
     n = 5000
