@@ -23,8 +23,8 @@ minimises the expected loss at the label's training frequency p_l = (N_l + 1/2) 
 log(p / (1 - p)), the squared hinge 2 p - 1; "zero" leaves 0. BCE defaults to "prior", the
 squared hinge to "zero". Why BCE needs it: with zero biases every one of the L - K negatives of
 an example starts at sigmoid(0) = 1/2, and the biases must travel to about log(K / L) (-8.5 for
-5 of 24,000 labels) before the scores can rank anything; Adam moves a parameter by at most
-about lr per step, so that costs thousands of steps (tools/study_bce.py measures it). The
+5 of 24,000 labels) before the scores rank anything; Adam moves a parameter by about lr per
+step at most, so the first hundreds of steps go to that (tools/study_bce.py measures it). The
 squared hinge only has to reach -1. The weights are drawn as before (the biases take no random
 numbers), and a label-sharded layer takes its rows of the same vector.
 Backward hands dL/ds (B, L), scaled by 1/B, to the inner layer; many of its entries are exactly
