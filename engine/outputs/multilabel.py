@@ -17,6 +17,16 @@ factor L, which Adam's update ignores up to its epsilon):
     "bce"            l_b = sum_l softplus(-y s)        (= -log sigmoid(y s), computed as
                      max(z, 0) + log1p(exp(-|z|)) with z = -y s: no overflow for any s);
                      dl/ds = sigmoid(s) - [y = +1]
+Initial biases (`bias_init`): "prior" sets each label's bias to the constant score that
+minimises the expected loss at the label's training frequency p_l = (N_l + 1/2) / (N + 1)
+(N_l its training count, N the training points; 1/L when no counts are given): BCE
+log(p / (1 - p)), the squared hinge 2 p - 1; "zero" leaves 0. BCE defaults to "prior", the
+squared hinge to "zero". Why BCE needs it: with zero biases every one of the L - K negatives of
+an example starts at sigmoid(0) = 1/2, and the biases must travel to about log(K / L) (-8.5 for
+5 of 24,000 labels) before the scores rank anything; Adam moves a parameter by about lr per
+step at most, so the first hundreds of steps go to that (tools/study_bce.py measures it). The
+squared hinge only has to reach -1. The weights are drawn as before (the biases take no random
+numbers), and a label-sharded layer takes its rows of the same vector.
 Backward hands dL/ds (B, L), scaled by 1/B, to the inner layer; many of its entries are exactly
 zero with the squared hinge (confidently right labels), which the FFI layer skips.
 
@@ -59,6 +69,7 @@ class MultilabelOutput(OutputLayer):
     """Base of the multi-label losses; subclasses define `name` and `_loss_grad`."""
 
     name = "multilabel"
+    DEFAULT_BIAS_INIT = "zero"
     has_likelihood = False
     TARGETS = ("one", "many")
     OPTIONS = (
@@ -79,6 +90,10 @@ class MultilabelOutput(OutputLayer):
         Option("seed", parse_int, 0, "FFI: seed of the connections drawn", flag="--ffi-seed",
                check=at_least(0), when=_FFI),
         bias_option(True),
+        Option("bias_init", parse_str, None, "initial label biases: prior (the constant score "
+               "that minimises the loss at each label's training frequency) or zero (default: "
+               "prior for bce, zero for squared-hinge)", choices=("prior", "zero"),
+               when=("bias", (True,))),
         Option("psp_a", parse_float, 0.55, "PSP@k propensity parameter A (Jain et al. 2016)"),
         Option("psp_b", parse_float, 1.5, "PSP@k propensity parameter B"),
         Option("eval_block_elems", parse_int, EVAL_BLOCK_ELEMS, "evaluation: most scores held "
@@ -91,8 +106,8 @@ class MultilabelOutput(OutputLayer):
     FROM_DATA = {"label_counts": "label_counts", "num_train": "num_train"}
 
     def __init__(self, in_features: int, num_classes: int, weights: str = "dense",
-                 fan_in: int | None = None, bias: bool = True, seed: int = 0,
-                 label_counts=None, num_train: int | None = None, psp_a: float = 0.55,
+                 fan_in: int | None = None, bias: bool = True, bias_init: str | None = None,
+                 seed: int = 0, label_counts=None, num_train: int | None = None, psp_a: float = 0.55,
                  psp_b: float = 1.5, eval_block_elems: int = EVAL_BLOCK_ELEMS,
                  method: str | None = None, deterministic: bool | None = None,
                  rewire_every: int | None = None, rewire_fraction: float | None = None,
@@ -110,8 +125,13 @@ class MultilabelOutput(OutputLayer):
                       if v is not None}
         if weights == "dense" and ffi_kwargs:
             raise ValueError(f"{self.name}: {sorted(ffi_kwargs)} apply to weights='ffi' only")
+        if bias_init is None:
+            bias_init = self.DEFAULT_BIAS_INIT
+        if bias_init not in ("prior", "zero"):
+            raise ValueError(f"{self.name}: bias_init must be 'prior' or 'zero', got {bias_init!r}")
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.weights, self.use_bias, self.seed = weights, bool(bias), int(seed)
+        self.bias_init = bias_init
         self.ffi_kwargs = dict(ffi_kwargs)
         self.psp_a, self.psp_b = float(psp_a), float(psp_b)
         self.eval_block_elems = int(eval_block_elems)
@@ -161,11 +181,34 @@ class MultilabelOutput(OutputLayer):
     def bind(self, backend, rng, dtype):
         self.backend, self.dtype = backend, numpy.dtype(dtype)
         self.inner.layer_id = self.layer_id
-        self.inner.bind(backend, rng, dtype)
+        self.inner.bind(backend, rng, dtype)          # weights drawn; biases 0
+        if self.use_bias and self.bias_init == "prior":
+            # this layer's labels [start, stop): all of them, or a rank's share (distributed)
+            start = getattr(self, "label_start", 0)
+            stop = getattr(self, "label_stop", self.num_classes)
+            name = "b" if "b" in self.inner.params else "bias"
+            self.inner.params[name] = backend.asarray(
+                self.prior_bias()[start:stop].astype(self.dtype))
         if self.label_counts is not None:
             self._inv_prop = backend.asarray(inverse_propensity(
                 self.label_counts, self.num_train, self.psp_a, self.psp_b))
         return self
+
+    def label_prior(self):
+        """(L,) float64: each label's training frequency, smoothed to (N_l + 1/2) / (N + 1) so
+        that no label is certain; without label counts, 1 / L (one positive per example, no
+        label preferred)."""
+        if self.label_counts is None:
+            return numpy.full(self.num_classes, 1.0 / self.num_classes)
+        return (self.label_counts + 0.5) / (self.num_train + 1.0)
+
+    def prior_bias(self):
+        """(L,) float64: the initial biases of bias_init="prior": for each label, the constant
+        score that minimises the expected loss at its frequency p (`_prior_score`)."""
+        return self._prior_score(self.label_prior())
+
+    def _prior_score(self, p):
+        raise NotImplementedError
 
     def zero_grads(self):
         self.inner.zero_grads()
@@ -220,7 +263,7 @@ class MultilabelOutput(OutputLayer):
     def config(self) -> Dict[str, Any]:
         cfg = {"in_features": self.in_features, "num_classes": self.num_classes,
                "weights": self.weights, "fan_in": self.fan_in, "bias": self.use_bias,
-               "seed": self.seed, "psp_a": self.psp_a, "psp_b": self.psp_b,
+               "bias_init": self.bias_init, "seed": self.seed, "psp_a": self.psp_a, "psp_b": self.psp_b,
                "eval_block_elems": self.eval_block_elems, **self.ffi_kwargs}
         return cfg
 
@@ -368,6 +411,11 @@ class SquaredHingeOutput(MultilabelOutput):
     """max(0, 1 - y s)^2 summed over labels, y in {-1, +1} (the fixed fan-in paper's default loss)."""
 
     name = "squared-hinge"
+    DEFAULT_BIAS_INIT = "zero"
+
+    def _prior_score(self, p):
+        """argmin_b p (1 - b)^2 + (1 - p) (1 + b)^2 = 2 p - 1."""
+        return 2.0 * p - 1.0
 
     def _loss_grad(self, s, y, want_grad):
         xp = self.backend.xp
@@ -401,6 +449,11 @@ class BCEOutput(MultilabelOutput):
     """Binary cross-entropy on every label, softplus form (no overflow for large |s|)."""
 
     name = "bce"
+    DEFAULT_BIAS_INIT = "prior"
+
+    def _prior_score(self, p):
+        """argmin_b -p log sigmoid(b) - (1 - p) log sigmoid(-b) = log(p / (1 - p))."""
+        return numpy.log(p) - numpy.log1p(-p)
 
     def _loss_grad(self, s, y, want_grad):
         xp = self.backend.xp
