@@ -21,6 +21,8 @@ A new member subclasses SphericalLoss and defines `value_and_grads` (a few lines
 """
 from __future__ import annotations
 
+import inspect
+
 from ..options import Option, greater_than, parse_float, parse_str
 
 
@@ -155,6 +157,11 @@ def make_loss(name: str, **kwargs) -> SphericalLoss:
         cls = LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown spherical-family loss {name!r}; choose from {sorted(LOSSES)}") from None
+    takes = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    unknown = sorted(k for k in kwargs if k not in takes)
+    if unknown:     # one line naming them, rather than the constructor's TypeError
+        raise ValueError(f"the {name} loss takes {'no arguments' if not takes else ', '.join(takes)}"
+                         f"; got {', '.join(unknown)}")
     return cls(**kwargs)
 
 
