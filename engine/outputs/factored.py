@@ -95,6 +95,25 @@ def _compact_targets(backend, t2, valid, gc):
     return Yc.reshape(B, n).astype(gc.dtype)
 
 
+def _rng_words(rng):
+    """A PCG64 generator's state as 6 uint64 words (for the checkpoint): the 128-bit state and
+    increment as (high, low) pairs, then has_uint32 and uinteger."""
+    st = rng.bit_generator.state
+    m = (1 << 64) - 1
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return numpy.array([s >> 64, s & m, inc >> 64, inc & m, st["has_uint32"], st["uinteger"]],
+                       dtype=numpy.uint64)
+
+
+def _rng_from_words(words):
+    w = [int(x) for x in numpy.asarray(words, dtype=numpy.uint64).reshape(-1)]
+    rng = numpy.random.default_rng(0)
+    rng.bit_generator.state = {"bit_generator": "PCG64",
+                               "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+                               "has_uint32": w[4], "uinteger": w[5]}
+    return rng
+
+
 # ------------------------------------------------------------------ the layer
 class FactoredOutput(OutputLayer):
     owns_update = True
@@ -220,7 +239,12 @@ class FactoredOutput(OutputLayer):
         self._inv_prop = self.backend.asarray(inv) if self.backend is not None else None
 
     def state_dict(self):
+        """The factored state, the update count and the probe generator (numerical care runs
+        every `check_every` updates with random probes: a resumed run must take the same
+        decisions to stay bit-identical), and the label counts when known."""
         state = super().state_dict()
+        state["updates"] = numpy.asarray([self.updates], dtype=numpy.int64)
+        state["probe_rng"] = _rng_words(self._probe_rng)
         if self.label_counts is not None:
             state["label_counts"] = self.label_counts.copy()
             state["num_train"] = numpy.asarray([self.num_train], dtype=numpy.int64)
@@ -228,6 +252,10 @@ class FactoredOutput(OutputLayer):
 
     def load_state_dict(self, state):
         super().load_state_dict(state)
+        if "updates" in state:             # (checkpoints written before they were saved lack them)
+            self.updates = int(numpy.asarray(state["updates"]).reshape(-1)[0])
+        if "probe_rng" in state:
+            self._probe_rng = _rng_from_words(state["probe_rng"])
         if "label_counts" in state:
             self.set_label_frequencies(numpy.asarray(state["label_counts"]),
                                        int(numpy.asarray(state["num_train"]).reshape(-1)[0]))

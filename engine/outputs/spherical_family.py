@@ -157,7 +157,10 @@ def make_loss(name: str, **kwargs) -> SphericalLoss:
         cls = LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown spherical-family loss {name!r}; choose from {sorted(LOSSES)}") from None
-    takes = [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
+    params = (inspect.signature(cls.__init__).parameters.values()
+              if cls.__init__ is not object.__init__ else ())
+    takes = [p.name for p in params if p.name != "self" and p.kind in (
+        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     unknown = sorted(k for k in kwargs if k not in takes)
     if unknown:     # one line naming them, rather than the constructor's TypeError
         raise ValueError(f"the {name} loss takes {'no arguments' if not takes else ', '.join(takes)}"
