@@ -260,6 +260,24 @@ class FactoredOutput(OutputLayer):
             self.set_label_frequencies(numpy.asarray(state["label_counts"]),
                                        int(numpy.asarray(state["num_train"]).reshape(-1)[0]))
 
+    def memory_report(self, optimizer=None, batch=None, dtype=None, targets=1) -> dict:
+        """Bytes of the layer's training state (computable before bind), in the multi-label
+        outputs' keys: weights = V (D, d) + U, U^-T, Q (d, d) [+ a, wbar (d,)]; grads and
+        optimizer 0 (the layer takes its own SGD step: no gradient array, no moments, whatever
+        the body's `optimizer`); with `batch` B and `targets` K per example, activations = the
+        step's temporaries: the target rows Vc (B K d), about eight (B, d) arrays (h U^T, h Q,
+        dh, the Woodbury solve, ...), about eight (B, B) ones (H H^T, G G^T, ...), the compacted
+        targets (B, B K) and three (d, d) products of the update."""
+        s = numpy.dtype(dtype if dtype is not None else (self.dtype or numpy.float32)).itemsize
+        D, d = self.num_classes, self.in_features
+        extra = 2 * d if self.loss.uses_s else 0
+        out = {"weights": (D * d + 3 * d * d + extra) * s, "grads": 0, "optimizer": 0}
+        if batch is not None:
+            B, K = int(batch), int(targets)
+            out["activations"] = (B * K * d + 8 * B * d + 8 * B * B + B * B * K + 3 * d * d) * s
+        out["total"] = sum(out.values())
+        return {k: int(v) for k, v in out.items()}
+
     def dense_weight(self):
         """Export W = V U + 1 a^T as a host (D, d) array (O(D d^2))."""
         W = self.params["V"] @ self.params["U"]
