@@ -93,3 +93,25 @@ def test_model_gradients_through_the_factored_output_float64():
     fact.bind(Backend(), seed=0, dtype="float64")
     x, y = _multilabel(9, seed=4)
     check_model_gradients(fact, x, y)
+
+
+@pytest.mark.parametrize("output,lr", [("factored-squared", 0.05), ("factored-spherical", 0.02),
+                                       ("factored-taylor", 0.05), ("factored-zloss", 0.5)])
+def test_every_member_learns_a_multilabel_problem(output, lr):
+    """Each example's two labels are visible in its features (plus noise): every member of the
+    family, trained on the K-hot lists, ranks them first (P@1 from Engine.evaluate)."""
+    rng = numpy.random.default_rng(0)
+    n, C = 400, 30
+    y = numpy.stack([rng.integers(0, C, n), rng.integers(0, C, n)], axis=1)
+    x = rng.normal(scale=0.3, size=(n, C))
+    x[numpy.arange(n), y[:, 0]] += 1.0
+    x[numpy.arange(n), y[:, 1]] += 1.0
+    model = MLPClassifier(C, C, hidden=(24,), activation="tanh", output=output,
+                          output_kwargs={"lr": lr})
+    eng = Engine(model, Adam(lr=1e-2), device="cpu", dtype="float64", verbose=False)
+    before = eng.evaluate((x, y))
+    eng.train((x, y), epochs=5, batch_size=40, progress=False)
+    after = eng.evaluate((x, y))
+    assert {"p@1", "p@3", "ndcg@3"} <= set(after) and "perplexity" not in after
+    # measured: 0.08 before; after 0.88 (squared), 0.64 (spherical), 0.73 (Taylor), 0.96 (Z-loss)
+    assert after["p@1"] > max(0.5, before["p@1"] + 0.4), (before["p@1"], after["p@1"])
