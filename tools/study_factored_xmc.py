@@ -203,7 +203,7 @@ def step_flops_bytes(method, B, L, d, K):
     return 6.0 * B * L * width, 8.0 * 4 * L * width
 
 
-def copy_bandwidth(nbytes=256 * 2 ** 20, repeats=3):
+def copy_bandwidth(nbytes=2 ** 28, repeats=3):
     a = numpy.ones(nbytes // 4, dtype=numpy.float32)
     b = numpy.empty_like(a)
     best = min(_timed(lambda: numpy.copyto(b, a)) for _ in range(repeats))
@@ -310,7 +310,8 @@ def main(argv=None):
                                                       "study_factored_xmc"))
     p.add_argument("--only", nargs="*", default=None, help="data set names to run")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
-    p.add_argument("--quick", action="store_true", help="1 epoch of 20 steps, 2 timing rounds")
+    p.add_argument("--quick", action="store_true", help="1 epoch of 20 steps, 2 timing rounds, "
+                   "small rate measurements (a smoke test)")
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     args = p.parse_args(argv)
@@ -318,8 +319,8 @@ def main(argv=None):
     seed = int(exp["study"].get("seed", 0))
     os.makedirs(args.work_dir, exist_ok=True)
     backend = get_backend(args.device)
-    rates = {"gemm_flops": matmul_rate(backend, numpy.float32, n=2048),
-             "copy_bytes_per_s": copy_bandwidth()}
+    rates = {"gemm_flops": matmul_rate(backend, numpy.float32, n=512 if args.quick else 2048),
+             "copy_bytes_per_s": copy_bandwidth(2 ** 24 if args.quick else 2 ** 28)}
     print(f"[study] GEMM {rates['gemm_flops'] / 1e9:.1f} GFLOP/s, copy "
           f"{rates['copy_bytes_per_s'] / 1e9:.1f} GB/s, OPENBLAS_NUM_THREADS="
           f"{os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}", flush=True)
