@@ -15,9 +15,9 @@ each). For every data set this script:
    PSP@5 (and the most-frequent-labels ranking as a floor), seconds per epoch;
 3. times one training step of each output layer alone (forward, backward, its update: Adam for
    the dense and FFI weights, the exact SGD step for the factored layer) on a real minibatch of
-   training labels and a fixed h (B, d), the methods interleaved (one step of each per round,
-   `timing_repeats` rounds; the machine is shared, so medians and ratios to the squared hinge
-   are what count), beside a floor: the step's matrix-product flops over this machine's
+   training labels and a fixed h (B, d), the methods interleaved (two steps of each per round,
+   the second timed; `timing_repeats` rounds; the machine is shared, so medians and ratios to
+   the squared hinge are what count), beside a floor: the step's matrix-product flops over this machine's
    measured float32 GEMM rate, plus the bytes Adam must stream over the measured copy
    bandwidth;
 4. measures the output layer's memory: held = its parameters (+ FFI indices) and optimizer
@@ -41,7 +41,7 @@ import time
 import numpy
 
 import _path  # noqa: F401  (this checkout's engine first on sys.path)
-from _bench_common import matmul_rate, time_round_robin, write_json  # noqa: E402
+from _bench_common import Timing, jsonable, matmul_rate, write_json  # noqa: E402
 from _bench_memory import TracemallocPeak  # noqa: E402
 
 from engine import Engine  # noqa: E402
@@ -131,6 +131,15 @@ def train_method(path, info, exp, ds, method, device, seed, max_steps):
     return row
 
 
+def train_key(exp, ds, method, seed):
+    """The settings a training row depends on (its cache file name in --work-dir)."""
+    import hashlib
+    what = {"model": exp["model"], "method": method, "seed": seed,
+            "dataset": {k: ds[k] for k in ("name", "epochs", "batch_size", "synthetic") if k in ds}}
+    digest = hashlib.sha1(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12]
+    return f"train-{ds['name']}-{method['name']}-{digest}.json"
+
+
 def most_frequent(path):
     from repro_xmc import most_frequent_row
     row = most_frequent_row(path)
@@ -189,6 +198,27 @@ class OutputStep:
         return out.memory_report("adam", batch=B, dtype=numpy.float32)
 
 
+def time_back_to_back(steps, backend, repeats, warmup):
+    """{name: Timing}: `repeats` rounds; in each, every method in turn takes two steps and the
+    second is timed. Interleaving spreads the machine's changing load over all methods alike;
+    the untimed step before each timed one makes it a step that follows a step, as in training
+    (on this shared CPU a lone step pays for waking numba's and BLAS's threads: measured 2.6 vs
+    42 ms for the same dense step depending on its place in the round)."""
+    for s in steps.values():
+        for _ in range(warmup):
+            s.step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, s in steps.items():
+            s.step()
+            backend.synchronize()
+            t0 = time.perf_counter()
+            s.step()
+            backend.synchronize()
+            times[name].append(time.perf_counter() - t0)
+    return {name: Timing(ts) for name, ts in times.items()}
+
+
 def step_flops_bytes(method, B, L, d, K):
     """(matrix-product flops, bytes Adam streams) of one output-layer step."""
     kw = method.get("output_kwargs", {})
@@ -234,8 +264,7 @@ def output_layer_part(path, info, exp, ds, backend, rates, repeats, warmup):
         if share is None and m["output"] in ("squared-hinge", "bce") and \
                 "weights" not in m.get("output_kwargs", {}):
             dense = steps[m["name"]]
-    timings = time_round_robin({n: (s.step, backend.synchronize) for n, s in steps.items()},
-                               repeats, warmup)
+    timings = time_back_to_back(steps, backend, repeats, warmup)
     rows = []
     base = timings["squared-hinge"].median_ms / 1e3 if "squared-hinge" in timings else None
     for name, s in steps.items():
@@ -306,12 +335,15 @@ def main(argv=None):
                    default=os.path.join(HERE, "experiments", "factored_xmc.toml"))
     p.add_argument("--data-dir", default=os.path.normpath(os.path.join(HERE, "..", "..", "shared",
                                                                        "data", "xmc")))
-    p.add_argument("--work-dir", default=os.path.join(os.path.expanduser("~"), ".cache", "engine",
+    p.add_argument("--work-dir", help="prepared data and finished training rows (reused by a "
+                   "later run with the same settings)", default=os.path.join(os.path.expanduser("~"), ".cache", "engine",
                                                       "study_factored_xmc"))
     p.add_argument("--only", nargs="*", default=None, help="data set names to run")
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="cpu")
     p.add_argument("--quick", action="store_true", help="1 epoch of 20 steps, 2 timing rounds, "
                    "small rate measurements (a smoke test)")
+    p.add_argument("--retrain", action="store_true", help="train again even when --work-dir "
+                   "holds a training row with the same settings")
     p.add_argument("--json", default=None)
     p.add_argument("--md", default=None)
     args = p.parse_args(argv)
@@ -339,11 +371,21 @@ def main(argv=None):
         for m in methods_for(exp, ds):
             if "train" in ds and m["name"] not in ds["train"]:
                 continue
-            try:
-                row = train_method(path, info, exp, ds, m, args.device, seed,
-                                   20 if args.quick else None)
-            except Exception as exc:       # e.g. the factored layer's learning-rate guard
-                row = {"dataset": ds["name"], "method": m["name"], "error": str(exc)}
+            cache = os.path.join(args.work_dir, train_key(exp, ds, m, seed))
+            if os.path.exists(cache) and not args.quick and not args.retrain:
+                with open(cache) as f:          # trained before with the same settings
+                    row = dict(json.load(f), cached=True)
+            else:
+                try:
+                    row = train_method(path, info, exp, ds, m, args.device, seed,
+                                       20 if args.quick else None)
+                    row["trained_at"] = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+                    if not args.quick:
+                        with open(cache + ".tmp", "w") as f:
+                            json.dump(jsonable(row), f)
+                        os.replace(cache + ".tmp", cache)
+                except Exception as exc:       # e.g. the factored layer's learning-rate guard
+                    row = {"dataset": ds["name"], "method": m["name"], "error": str(exc)}
             training.append(row)
             print(f"[study] {ds['name']} {m['name']}: " + (row.get("error") or
                   f"P@1 {row['p@1']:.4f} P@3 {row['p@3']:.4f} P@5 {row['p@5']:.4f} PSP@5 "
