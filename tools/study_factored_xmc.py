@@ -393,7 +393,7 @@ def main(argv=None):
         training.append({"dataset": ds["name"], **most_frequent(path)})
         reps = 2 if args.quick else int(ds.get("timing_repeats", exp["study"]["timing_repeats"]))
         rows = output_layer_part(path, info, exp, ds, backend, rates, reps,
-                                 int(exp["study"].get("timing_warmup", 1)))
+                                 int(ds.get("timing_warmup", exp["study"].get("timing_warmup", 1))))
         for r in rows:
             print(f"[study] {ds['name']} {r['method']} output step {r['step_ms']:.1f} ms "
                   f"(floor {r['floor_ms']:.2f}), {r['measured_bytes'] / MiB:.1f} MiB measured, "
