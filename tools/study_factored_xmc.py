@@ -326,6 +326,16 @@ def markdown(result):
               "over the measured copy bandwidth; output MiB: weights (+ FFI indices) + "
               "optimizer moments + the step's temporaries, computed by memory_report and "
               "measured (held arrays + tracemalloc peak of a step)."]
+    cached = [r for r in result["training"] if r.get("cached")]
+    if cached:
+        lines += ["", f"The training rows ({len(cached)}) come from an earlier run of the same "
+                  f"settings, kept in --work-dir (trained at: "
+                  f"{', '.join(sorted({r.get('trained_at', '?') for r in cached}))}); the output "
+                  f"steps and memory were measured by this run."]
+    lines += ["", "The machine is shared (2 cores, other jobs): the output-step times of the small "
+              "sets (Bibtex, Delicious: a few ms of work) are dominated by thread scheduling and "
+              "vary by 10x or more between runs and places in a round; only their order of "
+              "magnitude counts. At 670,091 labels the work dominates and the ratios hold."]
     return "\n".join(lines) + "\n"
 
 
