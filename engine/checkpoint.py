@@ -20,12 +20,19 @@ import tempfile
 
 import numpy
 
+from .filemode import follow_umask
+
 FORMAT = "engine-checkpoint"
 FORMAT_VERSION = 1
 
 
 class CheckpointError(Exception):
     """A checkpoint that is missing, truncated, of another format, or does not fit the data."""
+
+
+class CheckpointWriteError(CheckpointError, OSError):
+    """A checkpoint could not be written (full disk, I/O error); the message says what is kept.
+    Also an OSError, as the failure of the file system that it is."""
 
 
 def _h5py():
@@ -40,6 +47,7 @@ def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind,
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".h5", dir=folder)
+    follow_umask(fd)
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as f:
@@ -67,10 +75,33 @@ def save_checkpoint(path, model_kind, model_config, model_state, optimizer_kind,
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.remove(tmp)
+        if isinstance(exc, OSError):   # a full disk, a quota, an I/O error: say what is kept
+            reason = exc.strerror or (str(exc).splitlines() or [type(exc).__name__])[0]
+            kept = f"; {kept_checkpoint(path)}" if os.path.exists(path) else ""
+            raise CheckpointWriteError(f"{path}: could not write the checkpoint ({reason}); its "
+                                  f"temporary file was removed{kept}") from None
         raise
+
+
+def kept_checkpoint(path):
+    """"the previous checkpoint PATH (step S, ...) is kept": what a failed write left there."""
+    if not os.path.exists(path):
+        return f"no earlier checkpoint exists at {path}"
+    try:
+        h5py = _h5py()
+        with h5py.File(path, "r") as f:
+            state = json.loads(_text(f["engine_state"][()]))
+        if state.get("batch_in_epoch"):
+            where = (f" (step {state['step']}, batch {state['batch_in_epoch']} of epoch "
+                     f"{state['epoch'] + 1})")
+        else:
+            where = f" (step {state['step']}, end of epoch {state['epoch']})"
+    except Exception:                  # the message must not fail on an odd file
+        where = ""
+    return f"the previous checkpoint {path}{where} is kept"
 
 
 def _text(value):

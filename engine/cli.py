@@ -4,10 +4,10 @@
     engine train --data ptb.h5 --epochs 10 --json
     engine evaluate runs/<run>/checkpoint.h5 --data ptb.h5 --split test --json
     engine predict runs/<run>/checkpoint.h5 --data ptb.h5 "the stock market" --top 5
-    engine prepare ptb ../shared/data/ptb --output ptb.h5
+    engine prepare ptb DATA/ptb --output ptb.h5
     engine prepare text a.txt b.txt --valid v.txt --test t.txt --output corpus.h5
     engine prepare sotu data/addresses.tar.gz --output sotu.h5
-    engine prepare mnist ../shared/data/mnist --output mnist.h5   # IDX files, gzipped or not
+    engine prepare mnist DATA/mnist --output mnist.h5   # IDX files, gzipped or not
     engine train --data mnist.h5 --meprop-k 20 --meprop-mode unified --json
     engine prepare xmc TRAIN.txt TEST.txt --output xmc.h5       # Extreme Classification Repository files
     engine train --data xmc.h5 --intermediate 2048 --weights ffi --fan-in 32 --json
@@ -211,6 +211,7 @@ def cmd_train(args):
     from . import cli_train as ct
     from .data.registry import describe
     from .engine import metric_keys
+    from .reporting import show_perplexity
     from .distributed.environment import requested
     from .options import run_values
     from .runlog import RunLog
@@ -240,9 +241,11 @@ def cmd_train(args):
         if training["run_dir"] is None:
             training["run_dir"] = os.path.dirname(os.path.abspath(values["resume"]))
         if args.root:
-            RunLog(training["run_dir"]).line(
-                f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
-                f"{engine.step}" + (f"; changed: {', '.join(changes)}" if changes else ""))
+            log = RunLog(training["run_dir"])
+            log.line(f"[engine] resuming {values['resume']} at epoch {engine.epoch + 1}, step "
+                     f"{engine.step}")
+            for change in changes:                 # one line per changed value
+                log.line(f"[engine] resume: {change}")
     else:
         chosen = ct.choose_owners(values, info, table)
         plan = ct.plan_for(values, table, chosen)
@@ -274,9 +277,13 @@ def cmd_train(args):
                  if k not in ("loss", "perplexity", "examples", "seconds", "device")}
         for key, value in extra.items():
             result[f"test_{key}"] = value
-        _say(args, f"[engine] test loss {test['loss']:.4f}" +
-              (f", test perplexity {test['perplexity']:.2f}" if "perplexity" in test else "") +
-              "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
+        line = (f"[engine] test loss {test['loss']:.4f}" +
+                (f", test perplexity {show_perplexity(test['perplexity'])}" if "perplexity" in test else "") +
+                "".join(f", test {k} {v:.4f}" for k, v in extra.items()))
+        if args.root:                  # printed, and kept in log.txt and metrics.json
+            log = RunLog(engine.run_dir)
+            log.line(line)
+            log.add_metrics("test", {k: v for k, v in test.items() if k not in ("seconds", "device")})
     args.json = run["json"]
     return result
 
@@ -289,6 +296,7 @@ def _positive(flag, value):
 def cmd_evaluate(args):
     from .distributed.environment import requested
     from .engine import Engine
+    from .reporting import show_perplexity
     _positive("--batch-size", args.batch_size)
     engine = Engine.from_checkpoint(args.checkpoint, device=args.device,
                                     comm=requested(args.distributed))
@@ -297,7 +305,7 @@ def cmd_evaluate(args):
     metrics = engine.evaluate(data, split=args.split, batch_size=args.batch_size)
     line = f"[engine] {args.split}: loss {metrics['loss']:.4f}"
     if "perplexity" in metrics:
-        line += f", perplexity {metrics['perplexity']:.2f}"
+        line += f", perplexity {show_perplexity(metrics['perplexity'])}"
     for key, value in metrics.items():
         if key not in ("loss", "perplexity", "examples", "seconds", "device"):
             line += f", {key} {value:.4f}"
@@ -422,9 +430,19 @@ def main(argv=None):
         return _fail(f"engine {args.command}: error: {exc}", 2)
     except TrainingDiverged as exc:
         return _fail(f"engine {args.command}: training diverged: {exc}", 3)
+    except OSError as exc:       # a folder that cannot be written, a full disk, ...
+        return _fail(f"engine {args.command}: error: {_os_error(exc)}", 2)
     if getattr(args, "json", False):
-        _say(args, json.dumps(result, default=float))
+        from .reporting import json_safe
+        _say(args, json.dumps(json_safe(result), default=float))
     return 0
+
+
+def _os_error(exc):
+    """One line for an OSError: "FILE: reason" when it names a file."""
+    if exc.filename is not None and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}"
+    return (str(exc).splitlines() or [type(exc).__name__])[0]
 
 
 def _fail(message, code):

@@ -323,7 +323,8 @@ def training_values(given):
 # ------------------------------------------------------------------------------- resuming
 def resume_engine(values, info, table, comm=None):
     """The checkpoint's engine with the resumable options applied; OptionError listing the
-    given options that would change what a checkpoint fixes. Returns (engine, changes).
+    given options that would change what a checkpoint fixes. Returns (engine, changes): one
+    "--flag old -> new" per changed value (a new batch size: Engine.train logs it).
     `comm`: Engine's (None in one process; a sharded checkpoint is then merged in memory)."""
     from .config import read_config, resolved_run_config
     from .engine import Engine
@@ -357,8 +358,11 @@ def resume_engine(values, info, table, comm=None):
         except ValueError:
             previous = {}
     fixed, changes = [], []
+    data = os.path.abspath(info.path)
+    if isinstance(previous.get("data"), str) and previous["data"] != data:
+        changes.append(f"--data {previous['data']} -> {data}")
     for dest, value in values.items():
-        if dest in ("resume", "config", "data"):
+        if dest in ("resume", "config", "data", "batch-size"):     # the engine logs the batch size
             continue
         resumable = all(o.resumable for _, o in table[dest])
         old = before.get(dest, previous.get(dest, MISSING))

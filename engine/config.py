@@ -32,6 +32,7 @@ import os
 import re
 from typing import Any, Dict, Mapping
 
+from .filemode import follow_umask
 from .options import MISSING
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -106,6 +107,7 @@ def write_config(path, config: Mapping[str, Any], header: str = "") -> str:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".toml", dir=folder)
+    follow_umask(fd)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(dumps(config, header))

@@ -23,9 +23,10 @@ minibatch, the output layer's labels are split over the ranks, rank 0 alone prin
 the run folder's files, every rank writes its checkpoint shard (engine/distributed/run.py,
 checkpoints.py). The result equals the single-process run's up to rounding (float64: 1e-10).
 
-Divergence: at every sync point (every step on the CPU, every `sync_every` steps on the GPU) the
-loss is checked before the update; a NaN or inf stops training with `TrainingDiverged`, and the
-last checkpoint written (before the bad step) is kept.
+Divergence: at every sync point (the run's first step, then every step on the CPU, every
+`sync_every` steps on the GPU) the loss is checked before the update; a NaN or inf, or a loss far
+above the run's first one (engine/divergence.py), stops training with `TrainingDiverged`, and
+the last checkpoint written (before the bad step) is kept.
 """
 from __future__ import annotations
 
@@ -44,8 +45,11 @@ from .data.info import CLASSIFICATION, LM_CORPUS, DatasetInfo
 from .data.registry import as_info
 from .data.registry import make_loader as make_dataset_loader
 from .distributed.comm import SingleProcess
+from .divergence import DEFAULT_FACTOR, loss_problem
 from .models import build_model
+from .reporting import perplexity, show_perplexity
 from .runlog import RunLog, default_run_dir
+from .stale_files import remove_stale_temps
 
 
 def metric_keys(record, prefix):
@@ -54,8 +58,12 @@ def metric_keys(record, prefix):
             if k.startswith(prefix) and k[len(prefix):] not in ("loss", "perplexity")]
 
 
+#: Engine.train's batch size when neither the call nor a checkpoint gives one
+DEFAULT_BATCH_SIZE = 128
+
+
 class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite, or rose far above the run's first loss."""
 
 
 def _close_owned(loader, source):
@@ -78,6 +86,9 @@ def _data_path(data):
 class Engine:
     def __init__(self, model, optimizer, device="auto", seed=0, dtype="float32", verbose=True,
                  comm=None):
+        from .options import check_arguments
+        from .train_options import ENGINE_OPTIONS
+        check_arguments([o for o in ENGINE_OPTIONS if o.name == "seed"], {"seed": seed}, "Engine")
         if comm is None:
             self.backend = get_backend(device, verbose=verbose)
             self.comm, self._part, self._distributed = SingleProcess(), None, None
@@ -111,6 +122,8 @@ class Engine:
         self.step_log = []       # [step, mean loss since the previous point], for the plot
         self._curve_sum, self._curve_n = 0.0, 0
         self._last_checked_step = 0
+        #: the explosion rule's factor (engine/divergence.py); None checks finiteness only
+        self.divergence_factor = DEFAULT_FACTOR
         self.data_vocab_hash = None
         self.batch_size = None
         self.run_dir = None
@@ -177,11 +190,8 @@ class Engine:
         self.model.set_random_key(self.seed, self.step)
         loss = self.model.forward(x, y, train=True)
         if check_finite:
-            value = float(loss)
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"loss became {value} at epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} "
-                    f"(step {self.step + 1}); the update was not applied")
+            self.check_loss(float(loss), f"epoch {self.epoch + 1}, batch "
+                                         f"{self.batch_in_epoch + 1} (step {self.step + 1})")
         for layer in self.model.self_updating_layers():   # they may update inside backward
             layer.prepare_update(self.optimizer.current_lr(self.epoch))
         self.model.backward()
@@ -196,16 +206,24 @@ class Engine:
         self.model.after_step(self.step, self.optimizer)   # e.g. dynamic rewiring every N steps
         return loss
 
+    def check_loss(self, value, where, note="the update was not applied"):
+        """TrainingDiverged unless `value`, the loss at `where`, is finite and not far above the
+        run's first loss (the first point of the loss curve)."""
+        reference = self.step_log[0][1] if self.step_log else None
+        problem = loss_problem(value, reference, self.divergence_factor)
+        if problem:
+            raise TrainingDiverged(f"{problem} at {where}; {note}")
+
     def _distributed_step(self, x, y, check_finite):
         """train_step over the ranks (engine/distributed/step.py): x, y are this rank's rows;
         the loss returned is the global minibatch's, the same on every rank."""
         loss = self._distributed.step(
-            x, y, epoch=self.epoch, check_finite=check_finite, step=self.step,
+            x, y, epoch=self.epoch, check_finite=check_finite, step=self.step, check=self.check_loss,
             where=f"epoch {self.epoch + 1}, batch {self.batch_in_epoch + 1} (step {self.step + 1})")
         self.step += 1
         return loss
 
-    def train(self, train, epochs=1, batch_size=128, valid=None, run_dir=None,
+    def train(self, train, epochs=1, batch_size=None, valid=None, run_dir=None,
               checkpoint_every=None, max_steps_per_epoch=None, max_steps=None, sync_every=None,
               progress=True, eval_batch_size=None, run_config=None):
         """Train until `epochs` epochs are complete (counting any already done before a resume).
@@ -214,9 +232,22 @@ class Engine:
         seconds, examples per second, learning rate). With `run_dir` (or "auto"), writes
         config.toml, log.txt, metrics.json, plot.png and checkpoint.h5 there. `max_steps` stops
         early (after a checkpoint) once that many steps in total have been taken, as an
-        interruption would. `run_config`: more entries for config.toml's [training] table
+        interruption would. `batch_size` None: the batch size this engine last trained with
+        (a resumed run: its checkpoint's), else DEFAULT_BATCH_SIZE; a change is logged and is
+        allowed only at an epoch boundary. `run_config`: more entries for config.toml's [training] table
         ({flag name: value}; the command line's test and json switches).
         """
+        from .options import check_arguments
+        from .train_options import TRAIN_OPTIONS
+        check_arguments(TRAIN_OPTIONS, {"epochs": epochs, "batch_size": batch_size,
+                                        "max_steps_per_epoch": max_steps_per_epoch,
+                                        "checkpoint_every": checkpoint_every,
+                                        "sync_every": sync_every, "eval_batch_size": eval_batch_size},
+                        "Engine.train")
+        if max_steps is not None and not max_steps >= 1:
+            raise ValueError(f"Engine.train: max_steps must be >= 1, got {max_steps}")
+        if batch_size is None:
+            batch_size = self.batch_size or DEFAULT_BATCH_SIZE
         if run_dir == "auto":
             run_dir = default_run_dir()
         training = {"epochs": epochs, "batch_size": batch_size,
@@ -230,17 +261,21 @@ class Engine:
                                                                run_config), train, valid, run_dir)
         self.run_dir = run_dir
         loader = self.make_loader(train, "train", batch_size, shuffle=True)
-        valid_loader = None
+        valid_loader, log, first_step = None, None, self.step
         try:
             if valid is not None:
                 valid_loader = self.make_loader(valid, "valid", eval_batch_size or batch_size,
                                                 shuffle=False)
-            log = None
             if run_dir:
                 from .config import resolved_run_config
                 config = resolved_run_config(self, _data_path(train), training, run_config)
                 if self.comm.is_root:
                     log = RunLog(run_dir, config=config, quiet=not self.verbose)
+                    # before any collective call: no rank can be writing a checkpoint yet
+                    removed = remove_stale_temps(run_dir)
+                    if removed:
+                        log.line(f"[engine] removed {len(removed)} temporary file(s) left by an "
+                                 f"interrupted write: {', '.join(removed)}")
                 else:              # ranks > 0 write their checkpoint shards, nothing else
                     from .distributed.run import RankLog
                     log = RankLog(run_dir)
@@ -250,6 +285,10 @@ class Engine:
                              f"output: {type(self.model.output).__name__}")
             return self._train_epochs(loader, valid_loader, log, epochs, batch_size, checkpoint_every,
                                       max_steps_per_epoch, max_steps, sync_every, progress)
+        except BaseException:
+            if isinstance(log, RunLog) and self.step == first_step:
+                log.discard()      # failed before its first step: no empty run folder left
+            raise
         finally:
             _close_owned(loader, train)
             _close_owned(valid_loader, valid)
@@ -260,6 +299,8 @@ class Engine:
         if self.batch_in_epoch and self.batch_size not in (None, batch_size):
             raise ValueError(f"resuming mid-epoch with batch_size {batch_size}, but the run was trained "
                              f"with batch_size {self.batch_size}: the remaining batches would differ")
+        if log and self.batch_size not in (None, batch_size):
+            log.line(f"[engine] batch size {self.batch_size} -> {batch_size} from epoch {self.epoch + 1}")
         self.batch_size = batch_size
         n_batches = len(loader)
         if max_steps_per_epoch:
@@ -282,11 +323,13 @@ class Engine:
             loss_sum = xp.zeros((), dtype=numpy.float64) + self.epoch_loss_sum
             bar = self._progress(progress and self.comm.is_root, n_batches, self.batch_in_epoch)
             batches = epoch_batches(loader, self.epoch, self.batch_in_epoch)
+            loss = None                  # the last step's loss, checked again before a save
             try:
                 for x, y in batches:
                     if self.batch_in_epoch >= n_batches:
                         break
-                    sync = (self.step + 1) % sync_every == 0
+                    # the first step is always checked: its loss is the divergence reference
+                    sync = (self.step + 1) % sync_every == 0 or not self.step_log
                     loss = self.train_step(x, y, check_finite=sync)
                     rows = (int(y.shape[0]) if self._distributed is None     # every rank's rows
                             else self._distributed.global_rows)
@@ -302,11 +345,11 @@ class Engine:
                     if bar is not None:
                         bar.update(1)
                     if log and checkpoint_every and self.step % checkpoint_every == 0:
-                        self._snapshot(loss_sum)
+                        self._snapshot(loss_sum, loss)
                         self.save_checkpoint(log.checkpoint_path)
                     if max_steps is not None and self.step >= max_steps:
                         break
-                self._snapshot(loss_sum)
+                self._snapshot(loss_sum, loss)
             except TrainingDiverged as exc:
                 kept = log.checkpoint_path if log and os.path.exists(log.checkpoint_path) else None
                 msg = f"{exc}; " + (f"last good checkpoint kept at {kept}" if kept else "no checkpoint was written")
@@ -349,11 +392,13 @@ class Engine:
         return tqdm(total=total, initial=initial, desc=f"epoch {self.epoch + 1}", unit="batch",
                     mininterval=1.0 if interactive else 30.0, leave=False, dynamic_ncols=True)
 
-    def _snapshot(self, loss_sum):
+    def _snapshot(self, loss_sum, last_loss=None):
         """Bring the saved position up to date (running loss sum, seconds spent in this epoch).
 
         Every position that may be checkpointed passes here: a non-finite running sum means a
-        loss between two sync points was NaN or inf, so nothing is saved and training stops."""
+        loss between two sync points was NaN or inf, and `last_loss` (the last step's, not yet
+        checked between sync points) must pass the divergence rule, else nothing is saved and
+        training stops."""
         self.backend.synchronize()
         now = time.perf_counter()
         total = float(loss_sum)
@@ -361,6 +406,9 @@ class Engine:
             raise TrainingDiverged(f"a loss became {total} between step {self._last_checked_step} "
                                    f"and step {self.step} (epoch {self.epoch + 1}; losses are checked every "
                                    f"sync_every steps)")
+        if last_loss is not None and self._last_checked_step != self.step:
+            self.check_loss(float(last_loss), f"step {self.step} (epoch {self.epoch + 1})",
+                            note="found before saving; nothing was saved")
         self.epoch_loss_sum = total
         self.epoch_seconds += now - self._t0
         self._t0 = now
@@ -375,7 +423,7 @@ class Engine:
             raise TrainingDiverged(f"epoch {self.epoch + 1} mean training loss is {train_loss}")
         likelihood = self.model.output.has_likelihood and self.model.reports_perplexity
         if likelihood:
-            record["train_perplexity"] = math.exp(min(train_loss, 700))
+            record["train_perplexity"] = perplexity(train_loss)
         if valid_loader is not None:
             metrics = self.evaluate(valid_loader)
             for key, value in metrics.items():     # valid_loss, valid_perplexity, valid_p@1, ...
@@ -388,11 +436,11 @@ class Engine:
         if log:
             parts = [f"epoch {record['epoch']}", f"train loss {train_loss:.4f}"]
             if "train_perplexity" in record:
-                parts.append(f"ppl {record['train_perplexity']:.2f}")
+                parts.append(f"ppl {show_perplexity(record['train_perplexity'])}")
             if "valid_loss" in record:
                 parts.append(f"valid loss {record['valid_loss']:.4f}")
             if "valid_perplexity" in record:
-                parts.append(f"valid ppl {record['valid_perplexity']:.2f}")
+                parts.append(f"valid ppl {show_perplexity(record['valid_perplexity'])}")
             for key in metric_keys(record, "valid_"):
                 parts.append(f"valid {key} {record['valid_' + key]:.4f}")
             parts.append(f"{seconds:.1f} s ({record['examples_per_second']:,.0f} ex/s)")
@@ -433,7 +481,7 @@ class Engine:
         result.update({"examples": n, "seconds": time.perf_counter() - t0,
                        "device": self.backend.device})
         if self.model.reports_perplexity and self.model.output.has_likelihood:
-            result["perplexity"] = math.exp(min(result["loss"], 700))
+            result["perplexity"] = perplexity(result["loss"])
         return result
 
     def predict_topk(self, x, k=1):

@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, Optional, Tuple
 
@@ -156,7 +157,7 @@ class Check:
     def __call__(self, value):
         values = value if isinstance(value, list) else [value]
         for v in values:
-            if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+            if v is not None and not (isinstance(v, numbers.Real) and not isinstance(v, bool)
                                       and not math.isnan(v) and self.test(v)):
                 raise ValueError(f"{self.words}, got {v!r}")
 
@@ -177,6 +178,25 @@ def in_range(low, high, high_open=True):
 
 def in_open_closed(low, high):
     return Check(lambda v: low < v <= high, f"must be in ({low}, {high}]")
+
+
+def check_arguments(options: Iterable["Option"], values: Dict[str, Any], owner: str):
+    """The Python API's check of keyword arguments against their declarations: ValueError
+    "owner: name must be >= 1, got 0" for the first value that fails (None passes)."""
+    for o in options:
+        value = values.get(o.name)
+        if value is None:
+            continue
+        if o.parse is parse_int and (isinstance(value, bool) or not isinstance(value, numbers.Integral)):
+            raise ValueError(f"{owner}: {o.name} must be an integer, got {value!r}")
+        if o.choices is not None and value not in o.choices:
+            raise ValueError(f"{owner}: {o.name} must be one of "
+                             f"{', '.join(map(str, o.choices))}, got {value!r}")
+        if o.check is not None:
+            try:
+                o.check(value)
+            except ValueError as exc:
+                raise ValueError(f"{owner}: {o.name} {exc}") from None
 
 
 # ------------------------------------------------------------------------------- options
@@ -335,4 +355,4 @@ __all__ = ["Option", "OptionError", "Check", "MISSING", "ANY", "parse_str", "par
            "parse_float", "parse_bool", "int_list", "float_pair", "cutoffs_value", "json_object",
            "at_least", "greater_than", "in_range", "in_open_closed", "with_defaults",
            "init_scale_option", "bias_option", "reduction_option", "DETERMINISTIC_HELP",
-           "options_by_name", "run_values", "constructor_kwargs"]
+           "options_by_name", "run_values", "constructor_kwargs", "check_arguments"]

@@ -4,7 +4,8 @@ runs/<name>/
   config.toml      every option of the run with its value (engine/config.py): `engine train
                    --config runs/<name>/config.toml` repeats the run
   log.txt          one line per epoch (also printed)
-  metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...]}
+  metrics.json     {"config": ..., "history": [per-epoch dicts], "steps": [[step, loss], ...],
+                   "test": the test split's metrics (engine train, after training)}
   checkpoint.h5    the last good checkpoint (written by the engine, atomically)
   best.h5          the checkpoint of the epoch with the lowest validation loss (with `valid`)
   plot.png         training loss per logged step and per epoch, validation perplexity per epoch
@@ -15,6 +16,9 @@ import json
 import os
 import tempfile
 import time
+
+from .filemode import follow_umask
+from .reporting import json_safe
 
 
 def default_run_dir(root="runs"):
@@ -31,9 +35,10 @@ def write_json_atomic(path, obj):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    follow_umask(fd)
     try:
         with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, indent=1, default=float)
+            json.dump(json_safe(obj), fh, indent=1, default=float)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -41,18 +46,80 @@ def write_json_atomic(path, obj):
         raise
 
 
+class RunFolderError(OSError):
+    """The run folder cannot be created or written: one line naming the folder at fault."""
+
+
+def make_run_folder(run_dir):
+    """Create `run_dir` (and its missing parents) and check that a file can be created in it.
+    Returns the folders created, innermost first (empty when `run_dir` existed).
+    RunFolderError naming the folder that is not writable; nothing is left behind."""
+    missing, folder = [], os.path.abspath(run_dir)
+    while not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise RunFolderError(f"cannot create the run folder {run_dir}: {folder} is a file")
+    created = []
+    try:
+        for path in reversed(missing):
+            try:
+                os.mkdir(path)
+            except FileExistsError:      # made meanwhile (another rank, another run)
+                continue
+            except OSError as exc:
+                raise RunFolderError(f"cannot create the run folder {run_dir}: "
+                                     f"{os.path.dirname(path)} is not writable "
+                                     f"({exc.strerror or exc}); choose one with --run-dir") from None
+            created.insert(0, path)
+        if not os.path.isdir(run_dir):
+            raise RunFolderError(f"the run folder {run_dir} is not a folder")
+        try:                             # an unnamed file where the platform has them
+            with tempfile.TemporaryFile(dir=run_dir):
+                pass
+        except OSError as exc:
+            raise RunFolderError(f"the run folder {run_dir} is not writable "
+                                 f"({exc.strerror or exc}); choose another with --run-dir") from None
+    except BaseException:
+        _remove_empty(created)
+        raise
+    return created
+
+
+def _remove_empty(folders):
+    """Remove the folders (innermost first) while they are empty; never a folder with content."""
+    for path in folders:
+        try:
+            os.rmdir(path)
+        except OSError:
+            return
+
+
 class RunLog:
     def __init__(self, run_dir, config=None, quiet=False):
         self.run_dir = run_dir
         self.quiet = quiet
         self.config = config or {}
-        os.makedirs(run_dir, exist_ok=True)
+        self.created = make_run_folder(run_dir)     # folders this run made (for discard)
         self.log_path = os.path.join(run_dir, "log.txt")
         self.metrics_path = os.path.join(run_dir, "metrics.json")
         self.plot_path = os.path.join(run_dir, "plot.png")
         self.checkpoint_path = os.path.join(run_dir, "checkpoint.h5")
         self.best_path = os.path.join(run_dir, "best.h5")
         self.config_path = os.path.join(run_dir, "config.toml")
+
+    def discard(self):
+        """Undo a run that failed before its first step: when this run created the folder,
+        remove the files it wrote there (config.toml, log.txt) and then the folder if it is
+        empty. A folder that existed before, or holds anything else, is left as it is."""
+        if not self.created:
+            return
+        for path in (self.config_path, self.log_path, self.metrics_path, self.plot_path):
+            try:
+                os.remove(path)
+            except OSError:
+                pass
+        _remove_empty(self.created)
 
     def write_config(self):
         """config.toml: the run's resolved options (a dict of tables, see engine/config.py)."""
@@ -69,6 +136,16 @@ class RunLog:
 
     def write_metrics(self, history, steps):
         write_json_atomic(self.metrics_path, {"config": self.config, "history": history, "steps": steps})
+
+    def add_metrics(self, key, value):
+        """Add one entry to metrics.json (the test split's results, after training)."""
+        try:
+            with open(self.metrics_path) as fh:
+                metrics = json.load(fh)
+        except FileNotFoundError:
+            metrics = {"config": self.config}
+        metrics[key] = value
+        write_json_atomic(self.metrics_path, metrics)
 
     def plot(self, history, steps):
         """Loss per logged step and per epoch, and validation perplexity; skipped without matplotlib."""

@@ -29,7 +29,7 @@ ENGINE_NOT_OPTIONS = {"model": "built from the data and the model options",
 TRAIN_OPTIONS = (
     Option("epochs", parse_int, 1, "train until this many epochs are complete (a resumed run "
            "counts those done)", check=at_least(1), resumable=True, cli_default=2),
-    Option("batch_size", parse_int, 128, "examples per step (a resumed run keeps the "
+    Option("batch_size", parse_int, None, "examples per step (a resumed run keeps the "
            "checkpoint's unless given; it may change only at an epoch boundary)",
            check=at_least(1), resumable=True, cli_default=256),
     Option("max_steps_per_epoch", parse_int, None, "cut every epoch to this many steps (quick "

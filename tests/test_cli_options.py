@@ -151,8 +151,9 @@ def test_resume_applies_and_logs_what_may_change_and_refuses_the_rest(corpus, tm
     out = capsys.readouterr().out
     result = json.loads(out.strip().splitlines()[-1])
     assert result["epochs"] == 2 and result["steps"] == 50     # the checkpoint's batch size, 32
-    line = f"[engine] resuming {ck} at epoch 2, step 25; changed: --lr 0.001 -> 0.01, --epochs 1 -> 2"
-    assert line in out and line in (run / "log.txt").read_text()
+    for line in (f"[engine] resuming {ck} at epoch 2, step 25\n", "[engine] resume: --lr 0.001 -> 0.01\n",
+                 "[engine] resume: --epochs 1 -> 2\n"):
+        assert line in out and line in (run / "log.txt").read_text()
     state = load_checkpoint(ck)
     assert state["optimizer_config"]["lr"] == 0.01 and state["engine_state"]["batch_size"] == 32
     # without --data: the data the run's config.toml recorded
@@ -162,10 +163,11 @@ def test_resume_applies_and_logs_what_may_change_and_refuses_the_rest(corpus, tm
 
 
 def test_help_texts():
-    from engine.cli import build_parser
+    from engine.cli import COMMANDS, build_parser
     top = build_parser().format_help()
-    for command in ("train", "evaluate", "predict", "prepare", "bench"):
-        assert f"    {command} " in top, command
+    assert set(COMMANDS) == {"train", "evaluate", "predict", "prepare", "checkpoint", "bench"}
+    for command in COMMANDS:
+        assert f"    {command} " in top or f"    {command}\n" in top, command
     train = build_parser("train")._subparsers._group_actions[0].choices["train"].format_help()
     assert "train a language model or a classifier" in train
     for flag in ("--weights", "--fan-in", "--rewire-every", "--ffi-method", "--deterministic",

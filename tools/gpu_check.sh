@@ -8,7 +8,7 @@
 # within GPU_CHECK_LIMIT (default 480 s = 8 minutes) of wall time:
 #
 #   stage        budget  what
-#   environment      10  nvidia-smi, Python / NumPy / CuPy / CUDA versions, the device
+#   environment      20  nvidia-smi, Python / NumPy / CuPy / CUDA versions, the device
 #   detect           20  does CuPy see a GPU? (engine.backend.gpu_available)
 #   install          40  pip install --no-build-isolation --no-deps -e . (offline; the
 #                        repository stays on PYTHONPATH whatever pip says)
@@ -21,8 +21,8 @@
 #                        kernel, ~45 GB of device memory at most)
 #   syncs            30  device-to-host reads of one training step per output, against
 #                        engine/backend/syncs.py
-#   bench           110  every tools/bench_*.py --device gpu --quick --json (softmax 30,
-#                        adaptive 25, factored 20, ffi 20, meprop 15)
+#   bench           100  every tools/bench_*.py --device gpu --quick --json (softmax 25,
+#                        adaptive 20, factored 15, ffi 15, meprop 10, distributed 15)
 #
 # Writes under $OUT (at most 8 files): gpu_check.log (everything printed), pytest.log (the
 # verbose test log), junit.xml (the tests, offsets and syncs stages' suites), kernels.json,
@@ -62,8 +62,8 @@ elapsed() { echo $(( $(date +%s) - START )); }
 # stage order and (budget, minimum useful time); a stage's timeout is its budget, or less when
 # the time left minus the minimum of the stages after it is less
 STAGES=(environment detect install kernels tests offsets syncs bench)
-declare -A BUDGET=([environment]=10 [detect]=20 [install]=40 [kernels]=45 [tests]=150
-                   [offsets]=60 [syncs]=30 [bench]=110)
+declare -A BUDGET=([environment]=20 [detect]=20 [install]=40 [kernels]=45 [tests]=150
+                   [offsets]=60 [syncs]=30 [bench]=100)
 declare -A FLOOR=([environment]=5 [detect]=10 [install]=10 [kernels]=15 [tests]=30
                   [offsets]=20 [syncs]=10 [bench]=15)
 
@@ -316,7 +316,7 @@ PY
 # ------------------------------------------------------------------ bench
 stage_bench() {            # each script under its own share of the stage's budget
     local stage_budget=$1 name b rc t0 total=0 failed=0
-    declare -A SHARE=([softmax]=30 [adaptive]=25 [factored]=20 [ffi]=20 [meprop]=15)
+    declare -A SHARE=([softmax]=25 [adaptive]=20 [factored]=15 [ffi]=15 [meprop]=10 [distributed]=15)
     local scripts=(tools/bench_*.py)
     mkdir -p "$WORK/bench"
     for script in "${scripts[@]}"; do

@@ -22,7 +22,7 @@ an assumption), paper: overall backprop 17,696 ms -> 1,501 ms at k = 8 (11.8x), 
 k = 512 (3.6x).
 
 Data: --data FILE.h5 (engine prepare mnist) or a folder of IDX files (default
-../shared/data/mnist next to the checkout), converted to a temporary HDF5 file.
+shared/data/mnist beside the checkout, if there is one), converted to a temporary HDF5 file.
 --quick: 1 epoch of at most 200 steps per setting, k in {20}; --tiny (tests): a synthetic IDX set.
 """
 from __future__ import annotations

@@ -7,11 +7,11 @@ perplexity and seconds per epoch next to the reference: the classic feed-forward
 language model reaches about 140 test perplexity on PTB (Mikolov et al. 2011 report 140-141 for
 a 4/5-gram feed-forward NNLM; the foundation issue's goal is 150 or better).
 
-    python tools/repro_ptb_mlp.py --ptb ../shared/data/ptb --device auto --json ptb_mlp.json
-    python tools/repro_ptb_mlp.py --ptb ../shared/data/ptb --quick      # about a minute on a CPU
+    python tools/repro_ptb_mlp.py --ptb DATA/ptb --device auto --json ptb_mlp.json
+    python tools/repro_ptb_mlp.py --ptb DATA/ptb --quick      # about a minute on a CPU
 
 Equivalent command line:
-    engine prepare ptb ../shared/data/ptb --output ptb.h5
+    engine prepare ptb DATA/ptb --output ptb.h5
     engine train --data ptb.h5 --context 5 --embed 256 --hidden 512 --dropout 0.3 \
         --optimizer adam --lr 1e-3 --schedule plateau:0.5 --epochs 6 --batch-size 256 --json
 """

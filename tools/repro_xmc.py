@@ -5,11 +5,12 @@ layer (P@1/3/5, PSP@k, memory, time per epoch); and the Amazon-670K memory table
     python tools/repro_xmc.py --device cpu --epochs 10 --json xmc.json
     python tools/repro_xmc.py --quick                   # 1 epoch of 60 steps per run (smoke test)
 
-Part 1, the data sets of ../shared/data/xmc (Extreme Classification Repository text files,
-converted with engine.data.xmc.prepare_xmc, 10% of the training file held out as valid, unused
-here). Model: sparse bag-of-words input -> SparseLinear(F, hidden) + ReLU (the stand-in for the
-paper's frozen 768-d embedding) -> [intermediate dense ReLU layer] -> output, squared hinge loss,
-Adam (lr 1e-3, batch 32, as in the paper). Rows:
+Part 1, Bibtex and Delicious (Extreme Classification Repository text files, from a folder given
+with --data-dir, by default a shared/data/xmc folder beside the checkout; converted with
+engine.data.xmc.prepare_xmc, 10% of the training file held out as valid, unused here).
+Model: sparse bag-of-words input -> SparseLinear(F, hidden) + ReLU (the stand-in for the paper's
+frozen 768-d embedding) -> [intermediate dense ReLU layer] -> output, squared hinge loss, Adam
+(lr 1e-3, batch 32, as in the paper). Rows:
     dense             h -> dense output layer (L x hidden weights)
     ffi               h -> FFI output, fan-in k, rewiring every 1000 steps (10% of weights)
     ffi+intermediate  h -> dense ReLU layer of --intermediate units -> FFI output, fan-in k

@@ -1,7 +1,7 @@
 """The exact factored output as an extreme multi-label output, beside the dense and FFI outputs.
 
     OPENBLAS_NUM_THREADS=1 python tools/study_factored_xmc.py tools/experiments/factored_xmc.toml \
-        --data-dir ../shared/data/xmc --json docs/results/factored_xmc.json \
+        --data-dir DATA/xmc --json docs/results/factored_xmc.json \
         --md docs/results/factored_xmc.md
     python tools/study_factored_xmc.py tools/experiments/factored_xmc.toml --quick   # smoke test
 

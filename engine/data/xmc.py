@@ -12,7 +12,7 @@ Layout (``format = "engine-xmc"``, ``format_version = 1``)::
     /{split}/y/indptr    (N+1,) int64   labels of point n: y/indices[indptr[n]:indptr[n+1]]
     /{split}/y/indices   (nlab,) int32  label ids in [0, L), ascending within a point
 
-(the CSR groups of DESIGN.md's "Data" section). Dimension letters: N points, F features,
+(the CSR groups of docs/data-formats.md). Dimension letters: N points, F features,
 L labels, B minibatch rows, K most labels of a point in the minibatch.
 
 `prepare_xmc(train_txt, test_txt, output)` streams the Extreme Classification Repository text

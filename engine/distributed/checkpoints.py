@@ -44,7 +44,7 @@ import secrets
 
 import numpy
 
-from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, kept_checkpoint, load_checkpoint, save_checkpoint
 from ..models.base import layer_state_name
 from .comm import SingleProcess
 from .data_parallel import is_label_sharded
@@ -137,7 +137,7 @@ def save_sharded(engine, path):
                         shard={"role": "shard", "rank": comm.rank, "size": comm.size,
                                "token": token, **layout})
     except Exception as exc:           # told to every rank below, then raised on every rank
-        error = f"{type(exc).__name__}: {exc}"
+        error = str(exc) if isinstance(exc, CheckpointError) else f"{type(exc).__name__}: {exc}"
     errors = comm.allgather_object(error)
     failed = [r for r, e in enumerate(errors) if e]
     if not failed and comm.is_root:
@@ -156,7 +156,7 @@ def save_sharded(engine, path):
             os.remove(mine)
         first = next(e for e in errors if e)
         raise CheckpointError(f"{path}: rank(s) {failed} could not write the checkpoint "
-                              f"({first}); the previous checkpoint is kept")
+                              f"({first}); {kept_checkpoint(path)}")
     _remove_other_shards(path, token, comm.rank, comm.size, everything=comm.is_root)
     return path
 

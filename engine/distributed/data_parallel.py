@@ -82,7 +82,7 @@ class GradientReducer:
     def reduce(self, items, sharded_keys=(), weight=None):
         """items [(key, param, grad)] -> the same list with replicated grads summed over ranks
         (dense grads are views into the flat all-reduced buffer; row-sparse grads coalesced)."""
-        comm, xp = self.comm, self.backend.xp
+        comm = self.comm
         sharded_keys = set(sharded_keys)
         if comm.size == 1:
             return list(items)

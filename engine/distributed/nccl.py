@@ -14,7 +14,7 @@ One GPU per rank: before creating the communicator the ranks exchange (host, PCI
 their device; two ranks on the same GPU make NCCL fail (it refuses duplicate devices), so
 `make_nccl_or_mpi` then falls back to MPI with host staging and says so on rank 0.
 
-Not exercised on this project's CI (no GPU): tests/distributed checks it where a GPU and NCCL
+Not exercised on this project's CI (no GPU): tests/distributed/test_gpu_comm.py checks it where GPUs and NCCL
 exist; the MPI path is the tested reference.
 """
 from __future__ import annotations

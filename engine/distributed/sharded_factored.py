@@ -207,7 +207,7 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
 
     def predict_topk(self, h, k: int, chunk_size=None):
         """Best k outputs of this rank's rows, over every shard's rows of V."""
-        xp, p = self.backend.xp, self.params
+        p = self.params
         H, _ = self.gather_rows(h)
         chunk = max(int(chunk_size or self.topk_chunk), 1)
         HU = H @ p["U"].T

@@ -143,11 +143,12 @@ class DistributedStep:
         self.steps = 0
         self.global_rows = 0        # rows of the last step's global minibatch
 
-    def step(self, x, y, epoch=0, check_finite=True, step=None, where=None):
+    def step(self, x, y, epoch=0, check_finite=True, step=None, where=None, check=None):
         """Forward, backward and update on this rank's rows (x, y); returns the global
         minibatch's loss (0-d array of the backend, the same on every rank). `step`: the
         number of updates before this one (default: this object's count), which keys the
-        random masks; `where`: the position named when the loss is not finite."""
+        random masks; `where`: the position named when the loss is not finite; `check`:
+        check(loss, where) raises TrainingDiverged (the engine's rule; default: finiteness)."""
         model, optimizer = self.model, self.optimizer
         if step is not None:
             self.steps = int(step)
@@ -158,7 +159,9 @@ class DistributedStep:
         weight = None
         if self.data_parallel_output and self.comm.size > 1:
             loss, weight = data_parallel_loss(self.comm, model.output, loss, y)
-        if check_finite:
+        if check_finite and check is not None:
+            check(float(loss), where or f"step {self.steps + 1}")
+        elif check_finite:
             value = float(loss)
             if not math.isfinite(value):
                 raise self.TrainingDiverged(f"loss became {value} at "

@@ -1,4 +1,4 @@
-"""Fixed fan-in (FFI) sparse linear layer (Schultheis & Babbar 2023; PAPERS.md section 4).
+"""Fixed fan-in (FFI) sparse linear layer (Schultheis & Babbar 2023; docs/fixed-fanin.md).
 
 Every output unit l reads exactly K inputs: indices (L, K) int32 (each row K distinct positions
 in [0, I)) with weights (L, K) and bias (L,), an ELLPACK layout.

@@ -1,4 +1,4 @@
-"""meProp (Sun et al., ICML 2017; PAPERS.md section 3): top-k sparsified back-propagation.
+"""meProp (Sun et al., ICML 2017; docs/meprop.md): top-k sparsified back-propagation.
 
 For a linear layer y = x W^T + b, the backward pass keeps only k entries of each row of the
 output gradient dy and back-propagates with that sparse dy~:

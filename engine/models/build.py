@@ -152,6 +152,10 @@ def _output_kwargs(info, out_cls, given, derived):
         value = getattr(info, field)
         if keyword not in kw and value is not None:
             kw[keyword] = value
+    if kw.get("cutoffs") == "auto" and "counts" in out_cls.FROM_DATA and kw.get("counts") is None:
+        raise ValueError(f"{info.path}: --cutoffs auto sizes the clusters from a language-model "
+                         f"corpus's word counts, which this file has not; give the cutoffs "
+                         f"(--cutoffs 4,8: increasing class ids)")
     return kw
 
 

@@ -7,7 +7,7 @@
        targets (B,) int, -1 = ignored), or a multi-label output ("squared-hinge", "bce"; targets
        (B, K) int padded with -1), whose weights may be dense or fixed fan-in.
 
-meProp (PAPERS.md section 3): `meprop={"k": 30, "mode": "per-example"|"unified"|"random",
+meProp (docs/meprop.md): `meprop={"k": 30, "mode": "per-example"|"unified"|"random",
 "seed": 0, "output": False}` is passed to every hidden Linear (their output gradients keep k
 entries per example); "output": True also hands it to the output layer, when that layer
 supports it. The sparse input layer has no input gradient, so backward stops there.

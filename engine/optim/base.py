@@ -43,7 +43,7 @@ def common_options(lr):
     """The options every optimizer takes (engine/options.py), with its own default lr. The
     learning rate, its schedule, clipping and decay may change when a run resumes."""
     return (
-        Option("lr", parse_float, lr, "learning rate (before the schedule)", check=at_least(0),
+        Option("lr", parse_float, lr, "learning rate (before the schedule)", check=greater_than(0),
                resumable=True),
         Option("weight_decay", parse_float, 0.0, "L2 weight decay (decoupled for Adam)",
                check=at_least(0), resumable=True),
@@ -69,8 +69,8 @@ class Optimizer:
     NOT_OPTIONS: dict = {}
 
     def __init__(self, lr, weight_decay=0.0, clip_norm=None, schedule=None, sparse_mode="lazy"):
-        if float(lr) < 0:
-            raise ValueError(f"{type(self).__name__}: lr must be >= 0, got {lr}")
+        if not float(lr) > 0:         # 0 would train nothing
+            raise ValueError(f"{type(self).__name__}: lr must be > 0, got {lr}")
         if clip_norm is not None and float(clip_norm) <= 0:
             raise ValueError(f"{type(self).__name__}: clip_norm must be > 0 or None, "
                              f"got {clip_norm}")

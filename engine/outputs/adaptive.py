@@ -1,4 +1,4 @@
-"""Adaptive softmax (Grave et al., ICML 2017; PAPERS.md section 2): a head over the most frequent
+"""Adaptive softmax (Grave et al., ICML 2017; docs/adaptive-softmax.md): a head over the most frequent
 words plus one token per tail cluster, each tail a reduced projection then a softmax.
 
 Shapes: h (B, d); cutoffs c_1 < ... < c_J < D split the frequency-sorted vocabulary into the

@@ -1,4 +1,4 @@
-"""Cutoffs for the adaptive softmax chosen by the paper's cost model (PAPERS.md section 2), with
+"""Cutoffs for the adaptive softmax chosen by the paper's cost model (docs/adaptive-softmax.md, "Choosing the cutoffs"), with
 the cost of the current backend measured, not assumed.
 
 Dimension letters: B batch rows, d hidden width, d_i = d // f^(i+1) the width of tail i, m rows

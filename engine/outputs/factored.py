@@ -1,4 +1,4 @@
-"""Exact factored output layer for very large sparse targets (Vincent et al. 2015, PAPERS.md s.1).
+"""Exact factored output layer for very large sparse targets (Vincent et al. 2015; docs/factored.md).
 
 Shapes: h (B, d) the last hidden layer, D outputs, targets (B,) or (B, K) padded with -1.
 W = V U + 1 a^T (D, d) is kept implicitly (engine/outputs/factored_state.py); O = h W^T (B, D)
@@ -115,6 +115,13 @@ def _rng_from_words(words):
 
 
 # ------------------------------------------------------------------ the layer
+
+def _band_check(band):
+    """U starts as the identity: its singular values 1 must lie inside the band."""
+    low, high = band
+    if not 0 < low <= 1 <= high:
+        raise ValueError(f"must be LOW,HIGH with 0 < LOW <= 1 <= HIGH, got {low},{high}")
+
 class FactoredOutput(OutputLayer):
     owns_update = True
     default_loss = "squared"
@@ -139,7 +146,7 @@ class FactoredOutput(OutputLayer):
         Option("inv_tol", parse_float, None, "re-invert U when ||U U^-1 - I|| exceeds this "
                "(default 1000 machine epsilons)", check=greater_than(0)),
         Option("band", float_pair, [0.5, 2.0], "keep U's singular values in LOW,HIGH (rank-1 "
-               "fixes)", metavar="LOW,HIGH"),
+               "fixes)", metavar="LOW,HIGH", check=_band_check),
         Option("unfactorize_fraction", parse_float, 1.0 / 3.0, "unfactorize (V <- V U, U <- I) "
                "when more than this share of U's singular values leave the band",
                check=in_open_closed(0, 1)),

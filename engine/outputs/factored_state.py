@@ -1,4 +1,4 @@
-"""The factored state of the exact large-sparse-target output (PAPERS.md section 1).
+"""The factored state of the exact large-sparse-target output (docs/factored.md).
 
 W (D, d) is never stored: W = V U + 1 a^T, with V (D, d), U (d, d), a (d,) (a = 0 and absent
 unless the loss uses s = sum(o)), plus Uinv_T = U^{-T} (d, d), Q = W^T W (d, d) and, when the
@@ -18,7 +18,7 @@ minibatch gradient G = dL/dO (B, D) (never formed), learning rate eta and L2 dec
     V[c] <- V[c] - eta gc (Y / s_)[j]       rows named by the targets only: O(B K d)
     Q <- s_^2 Q - eta s_ (dh^T H + H^T dh) + eta^2 H^T GG H
     wbar <- s_ wbar - eta H^T (G 1)
-Numerical care (section 1.4): `monitors()`, `recompute_Q()`, `reinvert()`, `fix_band()` (rank-1
+Numerical care (docs/factored.md, "Numerical care"): `monitors()`, `recompute_Q()`, `reinvert()`, `fix_band()` (rank-1
 fixes of U's singular values, W and Q unchanged) and `unfactorize()` (V <- V U, U <- I), all
 O(D d^2) or O(d^3), run every few steps by the layer. Row gathers and scatters go through
 engine/outputs/factored.py (NumPy/numba on the CPU, rawkernels/factored_rows.cu on the GPU).

@@ -1,5 +1,5 @@
 """Multi-label outputs for extreme classification: squared hinge (default) and BCE, over a dense
-or a fixed fan-in (FFI) weight layer (PAPERS.md section 4).
+or a fixed fan-in (FFI) weight layer (docs/fixed-fanin.md).
 
 Dimension letters: B examples, d input width (last hidden / intermediate layer), L labels,
 K positives per example, k fan-in of the FFI layer.
@@ -11,7 +11,7 @@ K positives per example, k fan-in of the FFI layer.
     y[b, l] = +1 for a positive, -1 otherwise.
 
 Losses, normalised as the mean over examples of the sum over labels (so a per-example loss is
-comparable across batch sizes; PAPERS.md's mean over all B x L entries differs by the constant
+comparable across batch sizes; the paper's mean over all B x L entries differs by the constant
 factor L, which Adam's update ignores up to its epsilon):
     "squared-hinge"  l_b = sum_l max(0, 1 - y s)^2;   dl/ds = -2 y max(0, 1 - y s)
     "bce"            l_b = sum_l softplus(-y s)        (= -log sigmoid(y s), computed as
@@ -365,7 +365,7 @@ class MultilabelOutput(OutputLayer):
 
 
 class SquaredHingeOutput(MultilabelOutput):
-    """max(0, 1 - y s)^2 summed over labels, y in {-1, +1} (PAPERS.md section 4's default)."""
+    """max(0, 1 - y s)^2 summed over labels, y in {-1, +1} (the fixed fan-in paper's default loss)."""
 
     name = "squared-hinge"
 

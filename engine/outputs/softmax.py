@@ -70,7 +70,7 @@ class SoftmaxOutput(OutputLayer):
         self.in_features, self.num_classes = int(in_features), int(num_classes)
         self.use_bias = bool(bias)
         self.chunk_size = None if chunk_size is None else int(chunk_size)
-        # meProp on the output layer (PAPERS.md section 3, "the output layer can opt in"): top-k
+        # meProp on the output layer (docs/meprop.md, "Where it is applied": the output layer can opt in): top-k
         # of each row of the logit gradient, whole mode only (the chunked mode never holds a row)
         self.meprop = check_config(meprop)
         if self.meprop is not None and (self.chunk_size is not None or self.owns_update):

@@ -1,4 +1,4 @@
-"""The spherical family of losses (PAPERS.md section 1.3): L_j(q_j, s_j, o_c) per example.
+"""The spherical family of losses (docs/factored.md, "The spherical family"): L_j(q_j, s_j, o_c) per example.
 
 A member only sees, per example j, q = ||o_j||^2, s = sum(o_j) and the target outputs
 o_c (B, K) (a -1 padded target has valid = False and must contribute nothing). It returns

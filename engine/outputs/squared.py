@@ -5,7 +5,7 @@ for each target t of row b. Targets are (B,) int, or (B, K) int padded with -1 (
 a label named twice counts twice, as a sparse Y with a repeated entry would).
 
 Per-example loss l_b = ||o_b - y_b||^2 (summed over all D outputs). `reduction="sum"` gives
-the minibatch loss of PAPERS.md section 1.2, L = sum_b l_b, which the factored layer
+the minibatch loss of the exact factored update (docs/factored.md), L = sum_b l_b, which the factored layer
 must reproduce step for step; "mean" (the default) divides by B.
 
 Gradients: dO = 2 (O - Y) * r (r = 1 or 1/B); dW = dO^T h, db = sum_b dO, dh = dO W.

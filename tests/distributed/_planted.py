@@ -2,7 +2,9 @@
 STEP -- ARGS...` runs `engine ARGS...` (engine.cli.main) on every rank, and on rank RANK, when
 it is about to take step STEP + 1, either raises RuntimeError (HOW = raise) or kills its own
 process with SIGKILL (HOW = kill). The other ranks are then waiting in a collective: the job
-must still end within seconds, with the failing rank's error on stderr.
+must still end within seconds, with the failing rank's error on stderr. HOW = full-disk: on
+rank RANK the first checkpoint saved after step STEP fails midway through the rank's shard
+with OSError(ENOSPC), as a full disk would.
 
 The repository root goes first on sys.path, so the ranks import this checkout's `engine`.
 """
@@ -19,6 +21,8 @@ from engine.engine import Engine  # noqa: E402
 
 
 def plant(how, rank, step):
+    if how == "full-disk":
+        return plant_full_disk(rank, step)
     original = Engine.train_step
 
     def train_step(self, x, y, check_finite=True):
@@ -31,8 +35,26 @@ def plant(how, rank, step):
     Engine.train_step = train_step
 
 
+def plant_full_disk(rank, step):
+    import errno
+
+    import h5py
+    saving, original_save, original_create = [False], Engine.save_checkpoint, h5py.Group.create_dataset
+
+    def save_checkpoint(self, path):
+        saving[0] = self.comm.rank == rank and self.step > step
+        return original_save(self, path)
+
+    def create_dataset(self, name, *args, **kwargs):
+        if saving[0] and self.name == "/model":          # midway: the state is written
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return original_create(self, name, *args, **kwargs)
+
+    Engine.save_checkpoint, h5py.Group.create_dataset = save_checkpoint, create_dataset
+
+
 if __name__ == "__main__":
     how, rank, step, sep, *args = sys.argv[1:]
-    assert sep == "--" and how in ("raise", "kill"), sys.argv
+    assert sep == "--" and how in ("raise", "kill", "full-disk"), sys.argv
     plant(how, int(rank), int(step))
     sys.exit(cli.main(args))

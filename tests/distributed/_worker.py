@@ -15,6 +15,9 @@
     _worker.py collectives
         checks every collective of the communicator against its definition on host arrays
         (uneven row counts, 0-d arrays, in place, max, objects) and prints "rank r: ok"
+    _worker.py gpu-collectives KIND
+        the same on device arrays, with a GPU backend and from_environment(KIND) (needs CuPy
+        and a GPU; "nccl" with one GPU per rank gives NCCLComm, two ranks on one GPU MPIComm)
     _worker.py mismatch
         every rank but rank 0 starts with another configuration: check_same_everywhere must
         raise on every rank, naming the ranks that differ
@@ -59,48 +62,68 @@ def train(comm, out_dir, data_dir, names):
                        "train_loss": result["train_loss"], "size": comm.size}, f)
 
 
-def collectives(comm):
-    """Each collective against what it must return, from arrays every rank can compute."""
+def collectives(comm, backend=None):
+    """Each collective against what it must return, from arrays every rank can compute. With a
+    GPU `backend` the arrays live on the device (NCCL, or MPI with host staging) and come back
+    to the host only to be compared."""
     n, r = comm.size, comm.rank
+    dev = (lambda a: a) if backend is None else backend.asarray
+    host = (lambda a: a) if backend is None else backend.to_host
+    xp = numpy if backend is None else backend.xp
 
     def block(rank, rows):               # rank `rank`'s contribution: distinct known values
         return (numpy.arange(rows * 3, dtype=numpy.float64).reshape(rows, 3) + 100 * rank)
 
+    def same(got, want):
+        assert not isinstance(got, numpy.ndarray) or backend is None, "device result on the host"
+        numpy.testing.assert_array_equal(host(got), want)
+
     counts = [q + 1 for q in range(n)]    # uneven: rank q has q + 1 rows
     numpy.testing.assert_array_equal(comm.row_counts(r + 1), counts)
     whole = numpy.concatenate([block(q, counts[q]) for q in range(n)])
-    numpy.testing.assert_array_equal(comm.allgatherv(block(r, r + 1)), whole)
-    numpy.testing.assert_array_equal(comm.allgatherv(block(r, r + 1), counts), whole)
-    numpy.testing.assert_array_equal(comm.allgather(block(r, 2)),
-                                     numpy.concatenate([block(q, 2) for q in range(n)]))
-    ints = comm.allgatherv(numpy.arange(r + 1, dtype=numpy.int64))
+    same(comm.allgatherv(dev(block(r, r + 1))), whole)
+    same(comm.allgatherv(dev(block(r, r + 1)), counts), whole)
+    same(comm.allgather(dev(block(r, 2))), numpy.concatenate([block(q, 2) for q in range(n)]))
+    ints = comm.allgatherv(dev(numpy.arange(r + 1, dtype=numpy.int64)))
     assert ints.dtype == numpy.int64 and ints.shape == (sum(counts),)
     # reduce-scatter: every rank holds (sum counts, 3); rank r gets its rows of the sum
     x = numpy.concatenate([block(q, counts[q]) for q in range(n)]) * (r + 1)
     total = sum(range(1, n + 1))
-    mine = comm.reduce_scatter(x, counts)
+    mine = comm.reduce_scatter(dev(x), counts)
     offset = sum(counts[:r])
-    numpy.testing.assert_array_equal(mine, whole[offset:offset + counts[r]] * total)
-    even = comm.reduce_scatter(numpy.ones((2 * n, 2)) * (r + 1))
-    numpy.testing.assert_array_equal(even, numpy.full((2, 2), float(total)))
-    # all-reduce: sum, max, 0-d, in place, a non-contiguous input
-    assert float(comm.allreduce(numpy.array(r + 1.0))) == total
-    assert comm.allreduce(numpy.array(r + 1.0)).shape == ()
-    assert float(comm.allreduce(numpy.array(float(r)), "max")) == n - 1
-    buf = numpy.full(5, r + 1.0)
+    same(mine, whole[offset:offset + counts[r]] * total)
+    even = comm.reduce_scatter(dev(numpy.ones((2 * n, 2)) * (r + 1)))
+    same(even, numpy.full((2, 2), float(total)))
+    # all-reduce: sum, max, 0-d, in place, a non-contiguous input, float32
+    assert float(host(comm.allreduce(dev(numpy.array(r + 1.0))))) == total
+    assert comm.allreduce(dev(numpy.array(r + 1.0))).shape == ()
+    assert float(host(comm.allreduce(dev(numpy.array(float(r))), "max"))) == n - 1
+    buf = dev(numpy.full(5, r + 1.0))
     out = comm.allreduce(buf, "sum", inplace=True)
-    assert out is buf and numpy.all(buf == total)
-    strided = numpy.arange(12.0).reshape(3, 4)[:, ::2] * (r + 1)
-    numpy.testing.assert_array_equal(comm.allreduce(strided),
-                                     numpy.arange(12.0).reshape(3, 4)[:, ::2] * total)
+    assert out is buf and bool(xp.all(buf == total))
+    strided = dev(numpy.arange(12.0).reshape(3, 4) * (r + 1))[:, ::2]
+    same(comm.allreduce(strided), numpy.arange(12.0).reshape(3, 4)[:, ::2] * total)
+    same(comm.allreduce(dev(numpy.full(3, r + 0.5, dtype=numpy.float32))),
+         numpy.full(3, sum(q + 0.5 for q in range(n)), dtype=numpy.float32))
     # broadcast and the control messages
-    numpy.testing.assert_array_equal(comm.bcast(numpy.full(4, float(r)), root=n - 1),
-                                     numpy.full(4, float(n - 1)))
+    same(comm.bcast(dev(numpy.full(4, float(r))), root=n - 1), numpy.full(4, float(n - 1)))
     assert comm.allgather_object(("rank", r)) == [("rank", q) for q in range(n)]
     assert comm.bcast_object({"from": r}, root=0) == {"from": 0}
     comm.barrier()
     assert n == 1 or comm.stats.ops["allreduce"][0] >= 5    # SingleProcess moves nothing
     say(f"rank {r}: ok")
+
+
+def gpu_collectives(kind):
+    """`collectives` on device arrays through from_environment(kind) with a GPU backend: each
+    rank takes GPU (local rank mod count), as `engine train` does; prints the communicator."""
+    from engine.backend import get_backend
+    from engine.distributed.run import _select_gpu
+    _select_gpu("gpu")
+    backend = get_backend("gpu", verbose=False)
+    comm = from_environment(kind, backend=backend)
+    say(f"rank {comm.rank} of {comm.size}: {type(comm).__name__} on GPU {backend.device_id}")
+    collectives(comm, backend)
 
 
 def fail(comm, rank, message):
@@ -132,6 +155,8 @@ def main(argv):
             kill(comm, int(argv[1]))
         elif what == "collectives":
             collectives(comm)
+        elif what == "gpu-collectives":
+            gpu_collectives(argv[1])
         elif what == "uncaught":
             pass
         elif what == "mismatch":

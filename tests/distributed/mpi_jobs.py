@@ -70,9 +70,10 @@ def run_mpmd(*commands, timeout=180):
     return run(cmd, timeout, plots=False)
 
 
-def run(cmd, timeout=180, plots=True):
-    """Run a launcher command line from the repository root; the CompletedProcess has .seconds."""
-    env = _env()
+def run(cmd, timeout=180, plots=True, env_extra=None):
+    """Run a launcher command line from the repository root (the launcher passes its environment,
+    with `env_extra` added, on to the ranks); the CompletedProcess has .seconds."""
+    env = dict(_env(), **(env_extra or {}))
     if not plots:
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [NO_PLOT, env.get("PYTHONPATH")]))
     t0 = time.perf_counter()

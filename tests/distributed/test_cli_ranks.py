@@ -211,6 +211,25 @@ def test_a_killed_rank_ends_the_job(runs, tmp_path):
     assert proc.seconds < FAIL_SECONDS
 
 
+def test_a_full_disk_on_one_rank_keeps_the_previous_checkpoint(tmp_path):
+    """Rank 1's shard of the second checkpoint (step 8) fails midway: every rank stops, the
+    manifest and shards of step 5 stay whole, no temporary file is left."""
+    xmc = os.path.join(write_files(str(tmp_path / "data")), "xmc.h5")
+    run = tmp_path / "r"
+    proc = run_planted(2, "full-disk", 1, 5, "train", "--data", xmc, "--epochs", "1",
+                       "--run-dir", str(run), "--no-test", *TRAIN, timeout=FAIL_SECONDS)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    ck = run / "checkpoint.h5"
+    errors = [line for line in proc.stderr.splitlines() if "engine train" in line]
+    assert errors and all(line.endswith(f"; the previous checkpoint {ck} (step 5, batch 5 of "
+                                        f"epoch 1) is kept") for line in errors), proc.stderr
+    assert "rank(s) [1] could not write the checkpoint" in errors[0]
+    assert "No space left on device" in errors[0] and "Traceback" not in proc.stderr
+    assert merge_checkpoint(str(ck))["engine_state"]["step"] == 5
+    assert not [n for n in os.listdir(run) if n.startswith(".tmp-")]
+    assert len([n for n in os.listdir(run) if ".rank" in n]) == 2        # step 5's shards
+
+
 def test_ranks_started_with_different_data_are_one_line(runs, tmp_path):
     from engine.data.xmc import prepare_xmc
     from engine.data.xmc_synthetic import write_synthetic_xmc

@@ -1,4 +1,4 @@
-"""meProp on the softmax output (the output layer's opt-in, PAPERS.md section 3): the weight
+"""meProp on the softmax output (the output layer's opt-in, docs/meprop.md): the weight
 gradient and dh equal the masked dense reference, the bias gradient stays full, k >= D is exact."""
 import numpy
 import pytest
