@@ -34,7 +34,7 @@ from ..layers.base import OutputLayer
 from ..outputs import factored_state as fs
 from ..outputs.factored import (FactoredOutput, FactoredSphericalOutput, FactoredSquaredOutput,
                                 FactoredTaylorOutput, FactoredZLossOutput, gather_target_rows)
-from ..outputs.xmc_metrics import TopK
+from ..outputs.xmc_metrics import DEFAULT_KS, TopK, metric_sums
 from .shard import ShardedOutput, uniform_rows
 
 
@@ -191,15 +191,19 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
         H, T = self.gather_rows(h, targets)
         return self.own_rows(FactoredOutput.log_prob(self, H, T))
 
-    def eval_sums(self, h, targets):
-        """This rank's part of the minibatch sums (count and loss of its own rows; the sum
-        over ranks is the single-process sums)."""
-        if self.has_likelihood:
+    def eval_sums(self, h, targets, ks=DEFAULT_KS):
+        """This rank's part of the minibatch sums (count and loss of its own rows, and with
+        K-hot targets their ranking sums; the sum over ranks is the single-process sums)."""
+        if self.has_likelihood and targets.ndim == 1:
             return OutputLayer.eval_sums(self, h, targets)
         per_example = self.loss_per_example(h, targets).astype(numpy.float64).sum()
         if self.reduction == "sum":        # as the single-process layer: forward() x rows
             per_example = per_example * sum(self._row_counts)
-        return {"count": h.shape[0], "loss": per_example}
+        sums = {"count": h.shape[0], "loss": per_example}
+        if targets.ndim == 2:              # multi-label: this rank's rows of the top-k
+            ids, _ = self.predict_topk(h, max(ks))
+            sums.update(metric_sums(self.backend.xp, ids, targets, self._inv_prop, ks))
+        return sums
 
     def predict_topk(self, h, k: int, chunk_size=None):
         """Best k outputs of this rank's rows, over every shard's rows of V."""

@@ -12,6 +12,12 @@ meProp (docs/meprop.md): `meprop={"k": 30, "mode": "per-example"|"unified"|"rand
 entries per example); "output": True also hands it to the output layer, when that layer
 supports it. The sparse input layer has no input gradient, so backward stops there.
 
+Multi-label targets are sets: a label named twice in an example's list is one positive (y = 1
+at each positive label, 0 elsewhere, for every output). The squared hinge and BCE read the
+labels as a mask, where a repeat changes nothing; the squared-error family (factored-squared)
+would count it twice, so the model hands the output each example's distinct labels (a sort of
+the (B, K) ids per minibatch).
+
 Evaluation: the output's metric sums, plus "accuracy" (top-1) for single-label targets;
 `reports_perplexity` is False (a classifier's mean loss is reported as is).
 """
@@ -23,6 +29,7 @@ import numpy
 
 from ..layers import Dropout, Linear, make_activation
 from ..outputs import OUTPUTS, keywords, make_output
+from ..outputs.xmc_metrics import unique_targets
 from ..options import ANY, Option, at_least, parse_int, parse_str
 from .base import Model, body_options
 
@@ -149,9 +156,18 @@ class MLPClassifier(Model):
             raise ValueError(f"{path}: {'sparse' if info.sparse else 'dense'} features but "
                              f"the model takes {'sparse' if self.sparse_input else 'dense'} input")
 
+    def distinct_targets(self, targets):
+        """K-hot targets (B, K) with each example's repeated labels replaced by -1 padding;
+        one label per row (B,) as given."""
+        return targets if targets.ndim != 2 else unique_targets(self.backend.xp, targets)
+
+    def forward(self, x, targets, train=True):
+        return super().forward(x, self.distinct_targets(targets), train)
+
     # -- evaluation -----------------------------------------------------------------------
     def eval_sums(self, x, targets):
         self.check_inputs(x, targets)
+        targets = self.distinct_targets(targets)
         h = self.hidden_forward(x, False)
         sums = dict(self.output.eval_sums(h, targets))
         if targets.ndim == 1 and "correct" not in sums:     # single label: top-1 accuracy

@@ -23,6 +23,19 @@ U singular before anything changes) and `apply_update(lr)` after the optimizer s
 learning rate is `lr` if given, else `lr_scale` times the engine's (scheduled) learning rate.
 L2 decay (`weight_decay`) is exact: W <- W - lr (G^T H + wd W).
 
+Multi-label use (MLPClassifier over an XMC file): the targets are each example's positive labels,
+(B, K) padded with -1, so the target vector y has 1 at every positive label and 0 elsewhere (the
+classifier passes each label once; a label named twice in a row would be a 2, as in the dense
+`squared` output). The exact update needs nothing more: Ydot has K non-zeros per row instead of
+one. Evaluation with (B, K) targets reports the mean loss and the ranking metrics P@k, nDCG@k and
+PSP@k (engine/outputs/xmc_metrics.py) from `predict_topk`'s chunked top-k, never a B x D matrix;
+PSP@k needs the training label counts (`label_counts`, `num_train`, from the data, kept in the
+checkpoint). Every loss of the family makes sense there: squared error regresses y, and the
+spherical / Taylor softmax and the Z-loss with K-hot targets sum one term per positive label
+under a single normalised distribution over the labels (the "pick all labels" reduction of a
+softmax, a known multi-label ranking loss); labels are ranked by the layer's score (o, o^2 for
+the spherical softmax, 1 + o + o^2/2 for the Taylor softmax).
+
 Kernels: the target rows of V are gathered and the row updates scatter-added by the backend
 (`factored_gather_rows`, `factored_scatter_rows`: engine/backend/numpy_factored.py, on the GPU
 rawkernels/factored_rows.cu, atomic or deterministic by a sort and a per-row ordered sum); the
@@ -40,6 +53,7 @@ from ..options import (DETERMINISTIC_HELP, Option, at_least, float_pair, greater
                        reduction_option, with_defaults)
 from . import factored_state as fs
 from .spherical_family import LOSS_OPTIONS, make_loss, targets_and_mask
+from .xmc_metrics import DEFAULT_KS, finish_metrics, inverse_propensity, metric_sums
 
 
 # ------------------------------------------------------------------ row primitives
@@ -79,6 +93,25 @@ def _compact_targets(backend, t2, valid, gc):
     Yc = xp.zeros((B * n, 1), dtype=numpy.float64)
     backend.scatter_add_rows(Yc, rows * n + col, weights)        # in slot order on the CPU
     return Yc.reshape(B, n).astype(gc.dtype)
+
+
+def _rng_words(rng):
+    """A PCG64 generator's state as 6 uint64 words (for the checkpoint): the 128-bit state and
+    increment as (high, low) pairs, then has_uint32 and uinteger."""
+    st = rng.bit_generator.state
+    m = (1 << 64) - 1
+    s, inc = st["state"]["state"], st["state"]["inc"]
+    return numpy.array([s >> 64, s & m, inc >> 64, inc & m, st["has_uint32"], st["uinteger"]],
+                       dtype=numpy.uint64)
+
+
+def _rng_from_words(words):
+    w = [int(x) for x in numpy.asarray(words, dtype=numpy.uint64).reshape(-1)]
+    rng = numpy.random.default_rng(0)
+    rng.bit_generator.state = {"bit_generator": "PCG64",
+                               "state": {"state": (w[0] << 64) | w[1], "inc": (w[2] << 64) | w[3]},
+                               "has_uint32": w[4], "uinteger": w[5]}
+    return rng
 
 
 # ------------------------------------------------------------------ the layer
@@ -131,7 +164,14 @@ class FactoredOutput(OutputLayer):
                check=at_least(1)),
         Option("topk_chunk", parse_int, 65536, "prediction: output rows scored at once",
                check=at_least(1)),
+        Option("psp_a", parse_float, 0.55, "PSP@k propensity parameter A (Jain et al. 2016)"),
+        Option("psp_b", parse_float, 1.5, "PSP@k propensity parameter B"),
     )
+    NOT_OPTIONS = {**OutputLayer.NOT_OPTIONS,
+                   "label_counts": "training points per label, from the data "
+                                   "(DatasetInfo.label_counts; multi-label data only)",
+                   "num_train": "training points, from the data (DatasetInfo.num_train)"}
+    FROM_DATA = {"label_counts": "label_counts", "num_train": "num_train"}
 
     def __init__(self, in_features: int, num_classes: int, loss: str | None = None,
                  loss_kwargs: dict | None = None, reduction: str = "mean",
@@ -142,7 +182,8 @@ class FactoredOutput(OutputLayer):
                  recompute_q_every: int = 0, lr_guard: bool = True, guard_min: float = 1e-2,
                  deterministic: bool = False, init_scale: float | None = None,
                  monitor: str = "probe", monitor_probes: int = 4,
-                 topk_chunk: int = 65536, **extra_loss_kwargs):
+                 topk_chunk: int = 65536, label_counts=None, num_train: int | None = None,
+                 psp_a: float = 0.55, psp_b: float = 1.5, **extra_loss_kwargs):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"factored: reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -174,12 +215,75 @@ class FactoredOutput(OutputLayer):
         self._cache = None
         self._pending = None
         self._prepared_lr = None
+        self.psp_a, self.psp_b = float(psp_a), float(psp_b)
+        self.label_counts = self.num_train = self._inv_prop = None
+        if label_counts is not None:
+            if num_train is None:
+                raise ValueError("factored: label_counts given without num_train")
+            self.set_label_frequencies(label_counts, num_train)
 
     # -- parameters ----------------------------------------------------------------
     def init_params(self, rng):
         a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
         W0 = rng.uniform(-a, a, size=(self.num_classes, self.in_features))
         return fs.init_state(W0, self.loss.uses_s)
+
+    def bind(self, backend, rng, dtype):
+        super().bind(backend, rng, dtype)
+        if self.label_counts is not None:
+            self._inv_prop = backend.asarray(inverse_propensity(
+                self.label_counts, self.num_train, self.psp_a, self.psp_b))
+        return self
+
+    def set_label_frequencies(self, label_counts, num_train):
+        """Training counts of every label (D,) and the number of training points: PSP@k."""
+        counts = numpy.asarray(label_counts, dtype=numpy.int64).reshape(-1)
+        if counts.shape[0] != self.num_classes:
+            raise ValueError(f"factored: {counts.shape[0]} label counts for "
+                             f"{self.num_classes} labels")
+        self.label_counts, self.num_train = counts, int(num_train)
+        inv = inverse_propensity(counts, self.num_train, self.psp_a, self.psp_b)
+        self._inv_prop = self.backend.asarray(inv) if self.backend is not None else None
+
+    def state_dict(self):
+        """The factored state, the update count and the probe generator (numerical care runs
+        every `check_every` updates with random probes: a resumed run must take the same
+        decisions to stay bit-identical), and the label counts when known."""
+        state = super().state_dict()
+        state["updates"] = numpy.asarray([self.updates], dtype=numpy.int64)
+        state["probe_rng"] = _rng_words(self._probe_rng)
+        if self.label_counts is not None:
+            state["label_counts"] = self.label_counts.copy()
+            state["num_train"] = numpy.asarray([self.num_train], dtype=numpy.int64)
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "updates" in state:             # (checkpoints written before they were saved lack them)
+            self.updates = int(numpy.asarray(state["updates"]).reshape(-1)[0])
+        if "probe_rng" in state:
+            self._probe_rng = _rng_from_words(state["probe_rng"])
+        if "label_counts" in state:
+            self.set_label_frequencies(numpy.asarray(state["label_counts"]),
+                                       int(numpy.asarray(state["num_train"]).reshape(-1)[0]))
+
+    def memory_report(self, optimizer=None, batch=None, dtype=None, targets=1) -> dict:
+        """Bytes of the layer's training state (computable before bind), in the multi-label
+        outputs' keys: weights = V (D, d) + U, U^-T, Q (d, d) [+ a, wbar (d,)]; grads and
+        optimizer 0 (the layer takes its own SGD step: no gradient array, no moments, whatever
+        the body's `optimizer`); with `batch` B and `targets` K per example, activations = the
+        step's temporaries: the target rows Vc (B K d), about eight (B, d) arrays (h U^T, h Q,
+        dh, the Woodbury solve, ...), about eight (B, B) ones (H H^T, G G^T, ...), the compacted
+        targets (B, B K) and three (d, d) products of the update."""
+        s = numpy.dtype(dtype if dtype is not None else (self.dtype or numpy.float32)).itemsize
+        D, d = self.num_classes, self.in_features
+        extra = 2 * d if self.loss.uses_s else 0
+        out = {"weights": (D * d + 3 * d * d + extra) * s, "grads": 0, "optimizer": 0}
+        if batch is not None:
+            B, K = int(batch), int(targets)
+            out["activations"] = (B * K * d + 8 * B * d + 8 * B * B + B * B * K + 3 * d * d) * s
+        out["total"] = sum(out.values())
+        return {k: int(v) for k, v in out.items()}
 
     def dense_weight(self):
         """Export W = V U + 1 a^T as a host (D, d) array (O(D d^2))."""
@@ -349,6 +453,22 @@ class FactoredOutput(OutputLayer):
         extra = self.loss.prepare(xp, t2, valid)
         return self.loss.value_and_grads(xp, q, s, oc, valid, self.num_classes, extra)[0]
 
+    def eval_sums(self, h, targets, ks=DEFAULT_KS):
+        """One target per row: the likelihood (perplexity) or the loss (OutputLayer.eval_sums).
+        K-hot targets (B, K): the loss and the ranking sums p@k, ndcg@k (psp@k with the label
+        counts) of the top max(ks) labels (`predict_topk`, chunk by chunk)."""
+        if targets.ndim == 1:
+            return super().eval_sums(h, targets)
+        sums = {"count": self.backend.xp.asarray(float(h.shape[0])),
+                "loss": self.forward(h, targets, train=False).astype(numpy.float64) * h.shape[0]}
+        ids, _ = self.predict_topk(h, max(ks))
+        sums.update(metric_sums(self.backend.xp, ids, targets, self._inv_prop, ks))
+        return sums
+
+    def eval_finish(self, sums):
+        """Sums over a split -> the mean loss, and P@k, nDCG@k, PSP@k when they were summed."""
+        return finish_metrics(sums)
+
     def log_prob(self, h, targets):
         """Exact log p(target) in O(d^2) per example (spherical and Taylor softmax)."""
         if not self.has_likelihood:
@@ -400,7 +520,8 @@ class FactoredOutput(OutputLayer):
                 "unfactorize_fraction": self.unfactorize_fraction,
                 "recompute_q_every": self.recompute_q_every, "lr_guard": self.lr_guard,
                 "guard_min": self.guard_min, "deterministic": self.deterministic,
-                "init_scale": self.init_scale, "topk_chunk": self.topk_chunk}
+                "init_scale": self.init_scale, "topk_chunk": self.topk_chunk,
+                "psp_a": self.psp_a, "psp_b": self.psp_b}
 
 
 class FactoredSquaredOutput(FactoredOutput):

@@ -21,6 +21,8 @@ A new member subclasses SphericalLoss and defines `value_and_grads` (a few lines
 """
 from __future__ import annotations
 
+import inspect
+
 from ..options import Option, greater_than, parse_float, parse_str
 
 
@@ -155,6 +157,14 @@ def make_loss(name: str, **kwargs) -> SphericalLoss:
         cls = LOSSES[name]
     except KeyError:
         raise ValueError(f"unknown spherical-family loss {name!r}; choose from {sorted(LOSSES)}") from None
+    params = (inspect.signature(cls.__init__).parameters.values()
+              if cls.__init__ is not object.__init__ else ())
+    takes = [p.name for p in params if p.name != "self" and p.kind in (
+        p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    unknown = sorted(k for k in kwargs if k not in takes)
+    if unknown:     # one line naming them, rather than the constructor's TypeError
+        raise ValueError(f"the {name} loss takes {'no arguments' if not takes else ', '.join(takes)}"
+                         f"; got {', '.join(unknown)}")
     return cls(**kwargs)
 
 

@@ -107,6 +107,9 @@ SCENARIOS = {
                                     SGD(lr=0.1)), "lm"),
     "factored-taylor": (lambda: (_lm("factored-taylor", lr=0.02, check_every=5,
                                      monitor="exact"), Adam(lr=0.01)), "lm"),
+    # the factored layer as a multi-label output (K-hot targets; P@k, PSP@k from each rank's rows)
+    "factored-squared-xmc": (lambda: (_xmc("factored-squared", lr=0.02, check_every=5),
+                                      Adam(lr=0.01)), "xmc"),
     # a replicated output, data-parallel
     "adaptive": (lambda: (_lm("adaptive", cutoffs=[10, 30]), Adam(lr=0.01)), "lm"),
     # minibatches of 2 rows: with 3 ranks, rank 0 gets none (sharded and data-parallel)
