@@ -10,7 +10,7 @@ OPTIMIZERS = [SGD, Adam]
 
 
 @pytest.mark.parametrize("cls", OPTIMIZERS)
-@pytest.mark.parametrize("name, bad, good", [("lr", "-0.1", "0"),
+@pytest.mark.parametrize("name, bad, good", [("lr", "-0.1", "1e-6"), ("lr", "0", "0.5"),
                                              ("weight_decay", "-1e-3", "0"),
                                              ("clip_norm", "0", "0.5"),
                                              ("clip_norm", "-2", "1e-6")])

@@ -11,7 +11,7 @@ gone. And the command line's refusals.
 import argparse
 import os
 import subprocess
-import sys
+
 import tempfile
 import textwrap
 
