@@ -305,6 +305,33 @@ def time_to_reach(row, target):
     return None
 
 
+def interleaved_step_times(exp, rows, data, device, rounds, steps=10):
+    """Median whole-step ms and output share of each run's model, measured in `rounds` rounds
+    that visit every run in turn (fresh untrained engines: the step's cost does not depend on
+    the weights), so that the load of a shared machine falls on every run alike. The wall
+    seconds of the training epochs are not comparable on such a machine; these are."""
+    from engine.data.hdf5_schema import open_lm_corpus
+    by_name = {r["name"]: r for r in exp["run"]}
+    with open_lm_corpus(data, check_tokens=False) as corpus:
+        engines = {r["name"]: build(exp, by_name[r["name"]], corpus, device) for r in rows}
+    samples = {name: [] for name in engines}
+    batch = int(exp["train"]["batch_size"])
+    for _ in range(rounds):
+        for name, engine in engines.items():
+            samples[name].append(output_share(engine, data, batch, steps=steps))
+    for r in rows:
+        shares, ms = zip(*samples[r["name"]])
+        r["interleaved"] = {"rounds": rounds, "steps_per_round": steps,
+                            "step_ms": float(numpy.median(ms)),
+                            "output_share": float(numpy.median(shares)),
+                            "step_ms_all": [float(m) for m in ms]}
+
+
+def epochs_to_reach(row, target):
+    curve = row.get("valid_perplexity") or []
+    return next((i + 1 for i, ppl in enumerate(curve) if ppl <= target), None)
+
+
 def write_outputs(exp, rows, out_json):
     if exp["study"].get("valid_only"):
         os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
@@ -329,6 +356,14 @@ def write_outputs(exp, rows, out_json):
             r["seconds_to_target"] = time_to_reach(r, target)
             r["speedup_to_target"] = (ref_time / r["seconds_to_target"]
                                       if r["seconds_to_target"] else None)
+            # the same question in measured step time: epochs to the target x the interleaved
+            # step time (every run takes the same number of steps per epoch)
+            r["epochs_to_target"] = epochs_to_reach(r, target)
+            if "interleaved" in r and "interleaved" in reference:
+                e, e0 = r["epochs_to_target"], epochs_to_reach(reference, target)
+                r["step_speedup_to_target"] = (
+                    e0 * reference["interleaved"]["step_ms"] / (e * r["interleaved"]["step_ms"])
+                    if e else None)
     result = {"study": exp["study"], "model": exp["model"], "train": exp["train"],
               "command": "per row: see rows[i].command", "rows": rows}
     os.makedirs(os.path.dirname(os.path.abspath(out_json)), exist_ok=True)
@@ -338,7 +373,8 @@ def write_outputs(exp, rows, out_json):
     lines = [f"# {exp['study']['name']}", "", exp["study"].get("description", "").strip(), "",
              "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows})), "",
              "| run | test ppl | kind | paper | epochs (best) | s/epoch | output share | "
-             "time to softmax's best valid ppl (speedup) |", "|---|---|---|---|---|---|---|---|"]
+             "time to softmax's best valid ppl (speedup) | step ms, interleaved (output share) | "
+             "epochs to that ppl x step ms: speedup |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = "-" if r["paper_test_perplexity"] is None else f"{r['paper_test_perplexity']}"
         reach = r.get("seconds_to_target")
@@ -347,9 +383,15 @@ def write_outputs(exp, rows, out_json):
         kind = r["perplexity_kind"]
         if "softmax_of_scores" in r:
             kind += f"; softmax of scores: {r['softmax_of_scores']['test_perplexity']:.1f}"
+        inter = r.get("interleaved")
+        inter = "-" if inter is None else (f"{inter['step_ms']:.1f} "
+                                           f"({100 * inter['output_share']:.0f}%)")
+        e, sp = r.get("epochs_to_target"), r.get("step_speedup_to_target")
+        step_speed = ("never reached" if e is None else
+                      f"{e} epochs" + ("" if sp is None else f": {sp:.2f}x"))
         lines.append(f"| {r['name']} | {r['test_perplexity']:.1f} | {kind} | "
                      f"{paper} | {r['epochs']} ({r['best_epoch']}) | {r['seconds_per_epoch']:.0f} | "
-                     f"{100 * r['output_share']:.0f}% | {reach} |")
+                     f"{100 * r['output_share']:.0f}% | {reach} | {inter} | {step_speed} |")
     with open(base + ".md", "w") as fh:
         fh.write("\n".join(lines) + "\n")
     try:
@@ -383,6 +425,9 @@ def main(argv=None):
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
     p.add_argument("--json", default=None, help="results (default docs/results/<study>.json)")
     p.add_argument("--quick", action="store_true", help="1 epoch of 50 steps per run")
+    p.add_argument("--step-times", type=int, default=0, metavar="ROUNDS",
+                   help="train nothing: time the step of every run already in the results, "
+                        "interleaved over ROUNDS rounds, and add it to the results")
     args = p.parse_args(argv)
     exp = load_experiment(args.experiment)
     data = os.path.join(args.data_dir, exp["study"]["data"])
@@ -396,6 +441,16 @@ def main(argv=None):
             previous = {r["name"]: r for r in json.load(fh)["rows"]}
     command = "python tools/study_convergence.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
+    if args.step_times:
+        rows = [previous[r["name"]] for r in exp["run"] if r["name"] in previous]
+        if not rows:
+            raise SystemExit(f"study: --step-times needs the results of a run in {out_json}")
+        interleaved_step_times(exp, rows, data, args.device, args.step_times)
+        for r in rows:
+            r["interleaved"]["command"] = command
+        write_outputs(exp, rows, out_json)
+        print(open(os.path.splitext(out_json)[0] + ".md").read())
+        return 0
     rows = []
     for run in exp["run"]:
         if run in runs:

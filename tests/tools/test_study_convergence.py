@@ -1,0 +1,72 @@
+"""tools/study_convergence.py on a tiny corpus: a --quick study of two runs (exact and adaptive
+softmax) writes its JSON, table and plot; --step-times then adds interleaved step times and the
+epochs-to-target speedup without training anything."""
+from __future__ import annotations
+
+import json
+
+from engine.cli import main as engine_main
+from toolrun import load_tool
+
+TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 40
+
+EXPERIMENT = """
+[study]
+name = "tiny"
+data = "c.h5"
+description = "two outputs on a toy corpus"
+paper = {softmax = 10.0}
+
+[model]
+context = 2
+embed_dim = 8
+hidden = [16]
+
+[train]
+batch_size = 16
+max_epochs = 2
+patience = 1
+optimizer = "adam"
+lr = 1e-2
+seed = 0
+
+[[run]]
+name = "softmax"
+output = "softmax"
+
+[[run]]
+name = "adaptive"
+output = "adaptive"
+output_kwargs = {cutoffs = [4]}
+"""
+
+
+def test_quick_study_then_interleaved_step_times(tmp_path, capsys):
+    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
+        (tmp_path / name).write_text(text)
+    assert engine_main(["prepare", "text", str(tmp_path / "train.txt"),
+                        "--valid", str(tmp_path / "valid.txt"), "--test", str(tmp_path / "test.txt"),
+                        "--min-count", "1", "--output", str(tmp_path / "c.h5")]) == 0
+    exp = tmp_path / "tiny.toml"
+    exp.write_text(EXPERIMENT)
+    out = tmp_path / "tiny.json"
+    study = load_tool("study_convergence")
+    common = [str(exp), "--data-dir", str(tmp_path), "--runs-dir", str(tmp_path / "runs"),
+              "--device", "cpu", "--json", str(out)]
+    assert study.main(common + ["--quick"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["softmax", "adaptive"]
+    for r in rows:
+        assert 1.0 < r["test_perplexity"] < 1e3 and "interleaved" not in r
+    assert study.main(common + ["--step-times", "2"]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    for r in rows:
+        inter = r["interleaved"]
+        assert inter["rounds"] == 2 and len(inter["step_ms_all"]) == 2
+        assert inter["step_ms"] > 0 and 0 < inter["output_share"] < 1
+        assert "--step-times 2" in inter["command"]
+    reference = rows[0]
+    assert reference["epochs_to_target"] is not None
+    assert abs(reference["step_speedup_to_target"] - 1.0) < 1e-12   # the softmax against itself
+    table = (tmp_path / "tiny.md").read_text()
+    assert "step ms, interleaved" in table and table.count("\n| ") == 3
