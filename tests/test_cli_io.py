@@ -21,23 +21,16 @@ from engine.data.mnist import STEMS, write_idx
 from engine.data.xmc import prepare_xmc
 from engine.data.xmc_synthetic import write_synthetic_xmc
 from engine.engine import Engine
+from toy_lm import LM as BASE_LM, prepare_toy_corpus
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 40
-LM = ["--context", "2", "--embed", "8", "--hidden", "16", "--device", "cpu", "--no-progress",
-      "--batch-size", "32"]
+LM = BASE_LM + ["--batch-size", "32"]
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
     """25 training batches of 32 n-grams."""
-    tmp = tmp_path_factory.mktemp("lm")
-    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
-        (tmp / name).write_text(text)
-    out = tmp / "c.h5"
-    assert main(["prepare", "text", str(tmp / "train.txt"), "--valid", str(tmp / "valid.txt"),
-                 "--test", str(tmp / "test.txt"), "--output", str(out)]) == 0
-    return str(out)
+    return prepare_toy_corpus(tmp_path_factory.mktemp("lm"))
 
 
 @pytest.fixture(scope="module")

@@ -7,20 +7,12 @@ import pytest
 
 from engine import Adam, Engine, MLPLanguageModel
 from engine.cli import main
-
-TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 40
-LM = ["--context", "2", "--embed", "8", "--hidden", "16", "--device", "cpu", "--no-progress"]
+from toy_lm import LM, prepare_toy_corpus
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lm")
-    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
-        (tmp / name).write_text(text)
-    out = tmp / "c.h5"
-    assert main(["prepare", "text", str(tmp / "train.txt"), "--valid", str(tmp / "valid.txt"),
-                 "--test", str(tmp / "test.txt"), "--output", str(out)]) == 0
-    return str(out)
+    return prepare_toy_corpus(tmp_path_factory.mktemp("lm"))
 
 
 def test_each_change_is_a_line_of_its_own(corpus, tmp_path, capsys):

@@ -9,9 +9,7 @@ import pytest
 from engine import Adam, Engine, MLPLanguageModel, TrainingDiverged
 from engine.cli import main
 from engine.divergence import DEFAULT_FACTOR, divergence_limit, loss_problem
-
-TEXT = "the cat sat on the mat\nthe dog sat on the log\na cat and a dog\n" * 40
-LM = ["--context", "2", "--embed", "8", "--hidden", "16", "--device", "cpu", "--no-progress"]
+from toy_lm import LM, prepare_toy_corpus
 
 
 def data(n=300, V=40, ctx=3, seed=0):
@@ -27,13 +25,7 @@ def make_engine():
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("lm")
-    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
-        (tmp / name).write_text(text)
-    out = tmp / "c.h5"
-    assert main(["prepare", "text", str(tmp / "train.txt"), "--valid", str(tmp / "valid.txt"),
-                 "--test", str(tmp / "test.txt"), "--output", str(out)]) == 0
-    return str(out)
+    return prepare_toy_corpus(tmp_path_factory.mktemp("lm"))
 
 
 def test_the_rule():
