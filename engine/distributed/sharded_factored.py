@@ -50,6 +50,8 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
         d, D = self.in_features, self.num_classes
         a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(d)
         W0 = uniform_rows(rng, a, D, d, self.label_start, self.label_stop)
+        if self.use_bias:                      # the bias column starts at 0 (FactoredOutput)
+            W0 = numpy.concatenate([W0, numpy.zeros((W0.shape[0], 1))], axis=1)
         state = fs.init_state(W0, self.loss.uses_s)
         state["Q"] = self.comm.allreduce(state["Q"], "sum")
         if "wbar" in state:
@@ -57,7 +59,7 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
         return state
 
     def dense_weight(self):
-        """This rank's rows of W = V U + 1 a^T, host (L_r, d)."""
+        """This rank's rows of W = V U + 1 a^T, host (L_r, d), without the bias column."""
         return FactoredOutput.dense_weight(self)
 
     # -- the target rows come from their owners ------------------------------------------------
@@ -209,6 +211,7 @@ class ShardedFactoredOutput(ShardedOutput, FactoredOutput):
         """Best k outputs of this rank's rows, over every shard's rows of V."""
         p = self.params
         H, _ = self.gather_rows(h)
+        H = self._with_one(H)
         chunk = max(int(chunk_size or self.topk_chunk), 1)
         HU = H @ p["U"].T
         ha = (H @ p["a"])[:, None] if "a" in p else 0.0

@@ -23,6 +23,12 @@ U singular before anything changes) and `apply_update(lr)` after the optimizer s
 learning rate is `lr` if given, else `lr_scale` times the engine's (scheduled) learning rate.
 L2 decay (`weight_decay`) is exact: W <- W - lr (G^T H + wd W).
 
+Output bias (`bias`): o = W h + b is the same layer over h' = [h, 1] with W' = [W, b] (D, d + 1),
+so the layer appends a constant 1 to h on entry, keeps its state at width d + 1 (the bias is the
+last column of W = V U + 1 a^T, starting at 0) and drops the last column of dh on the way out.
+Everything above stays exact; the cost grows from d to d + 1. The bias is what lets the
+spherical family learn the unigram distribution directly (docs/factored.md, "Output bias").
+
 Multi-label use (MLPClassifier over an XMC file): the targets are each example's positive labels,
 (B, K) padded with -1, so the target vector y has 1 at every positive label and 0 elsewhere (the
 classifier passes each label once; a label named twice in a row would be a 2, as in the dense
@@ -48,7 +54,7 @@ from __future__ import annotations
 import numpy
 
 from ..layers.base import OutputLayer
-from ..options import (DETERMINISTIC_HELP, Option, at_least, float_pair, greater_than,
+from ..options import (DETERMINISTIC_HELP, Option, at_least, bias_option, float_pair, greater_than,
                        in_open_closed, init_scale_option, parse_float, parse_int, parse_str,
                        reduction_option, with_defaults)
 from . import factored_state as fs
@@ -128,6 +134,7 @@ class FactoredOutput(OutputLayer):
     TARGETS = ("one", "many")
     OPTIONS = with_defaults(LOSS_OPTIONS, loss="squared") + (
         reduction_option(),
+        bias_option(False),
         Option("lr", parse_float, None, "the layer's own exact-SGD learning rate (default: "
                "--lr-scale times the optimizer's scheduled --lr)", flag="--output-lr",
                check=at_least(0)),
@@ -183,7 +190,8 @@ class FactoredOutput(OutputLayer):
                  deterministic: bool = False, init_scale: float | None = None,
                  monitor: str = "probe", monitor_probes: int = 4,
                  topk_chunk: int = 65536, label_counts=None, num_train: int | None = None,
-                 psp_a: float = 0.55, psp_b: float = 1.5, **extra_loss_kwargs):
+                 psp_a: float = 0.55, psp_b: float = 1.5, bias: bool = False,
+                 **extra_loss_kwargs):
         super().__init__()
         if reduction not in ("mean", "sum"):
             raise ValueError(f"factored: reduction must be 'mean' or 'sum', got {reduction!r}")
@@ -196,7 +204,8 @@ class FactoredOutput(OutputLayer):
         self.loss_kwargs = {**(loss_kwargs or {}), **extra_loss_kwargs}
         self.loss = make_loss(self.loss_name, **self.loss_kwargs)
         self.has_likelihood = self.loss.has_likelihood
-        self.reduction, self.init_scale, self.use_bias = reduction, init_scale, False
+        self.reduction, self.init_scale, self.use_bias = reduction, init_scale, bool(bias)
+        self.state_features = self.in_features + int(self.use_bias)   # d' of the state
         self.lr, self.lr_scale, self.weight_decay = lr, float(lr_scale), float(weight_decay)
         self.inverse, self.reinvert_every = inverse, int(reinvert_every)
         self.check_every = None if check_every is None else int(check_every)
@@ -226,7 +235,16 @@ class FactoredOutput(OutputLayer):
     def init_params(self, rng):
         a = self.init_scale if self.init_scale is not None else 1.0 / numpy.sqrt(self.in_features)
         W0 = rng.uniform(-a, a, size=(self.num_classes, self.in_features))
+        if self.use_bias:                      # the bias column starts at 0
+            W0 = numpy.concatenate([W0, numpy.zeros((self.num_classes, 1))], axis=1)
         return fs.init_state(W0, self.loss.uses_s)
+
+    def _with_one(self, h):
+        """h (B, d) -> h' = [h, 1] (B, d + 1) when the layer has a bias, else h."""
+        if not self.use_bias:
+            return h
+        xp = self.backend.xp
+        return xp.concatenate([h, xp.ones((h.shape[0], 1), dtype=h.dtype)], axis=1)
 
     def bind(self, backend, rng, dtype):
         super().bind(backend, rng, dtype)
@@ -276,7 +294,7 @@ class FactoredOutput(OutputLayer):
         dh, the Woodbury solve, ...), about eight (B, B) ones (H H^T, G G^T, ...), the compacted
         targets (B, B K) and three (d, d) products of the update."""
         s = numpy.dtype(dtype if dtype is not None else (self.dtype or numpy.float32)).itemsize
-        D, d = self.num_classes, self.in_features
+        D, d = self.num_classes, self.state_features
         extra = 2 * d if self.loss.uses_s else 0
         out = {"weights": (D * d + 3 * d * d + extra) * s, "grads": 0, "optimizer": 0}
         if batch is not None:
@@ -285,12 +303,20 @@ class FactoredOutput(OutputLayer):
         out["total"] = sum(out.values())
         return {k: int(v) for k, v in out.items()}
 
-    def dense_weight(self):
-        """Export W = V U + 1 a^T as a host (D, d) array (O(D d^2))."""
+    def _dense_state(self):
         W = self.params["V"] @ self.params["U"]
         if "a" in self.params:
             W = W + self.params["a"]
-        return self.backend.to_host(W)
+        return W
+
+    def dense_weight(self):
+        """Export W = V U + 1 a^T as a host (D, d) array (O(D d^2)), without the bias column."""
+        W = self._dense_state()
+        return self.backend.to_host(W[:, :self.in_features] if self.use_bias else W)
+
+    def dense_bias(self):
+        """The output bias b (D,) on the host, or None without `bias`."""
+        return self.backend.to_host(self._dense_state()[:, -1]) if self.use_bias else None
 
     # -- forward / backward ------------------------------------------------------------
     def _check(self, h, targets):
@@ -301,7 +327,7 @@ class FactoredOutput(OutputLayer):
         self.backend.check_ids_in_range(
             targets, -1, self.num_classes,
             "factored: target ids must be in [{low}, {high}), got [{min}, {max}]")
-        return t2, valid
+        return self._with_one(h), t2, valid
 
     def _terms(self, h, t2, valid):
         """(HU, Vc (B, K, d), o_c (B, K), HQ, q, s)."""
@@ -319,7 +345,7 @@ class FactoredOutput(OutputLayer):
 
     def forward(self, h, targets, train=True):
         xp = self.backend.xp
-        t2, valid = self._check(h, targets)
+        h, t2, valid = self._check(h, targets)
         HU, Vc, oc, HQ, q, s = self._terms(h, t2, valid)
         extra = self.loss.prepare(xp, t2, valid)
         loss, g_q, g_s, g_c = self.loss.value_and_grads(xp, q, s, oc, valid, self.num_classes, extra)
@@ -363,7 +389,7 @@ class FactoredOutput(OutputLayer):
         self._pending = (h, t2.reshape(-1), gc, gq, gs, G1, dh, GG, HU)
         if self._prepared_lr is not None:
             self._plan(self._eta(self._prepared_lr))
-        return dh
+        return dh[:, :self.in_features] if self.use_bias else dh
 
     # -- the exact update ------------------------------------------------------------
     def _eta(self, lr):
@@ -448,7 +474,7 @@ class FactoredOutput(OutputLayer):
     # -- evaluation --------------------------------------------------------------------
     def loss_per_example(self, h, targets):
         xp = self.backend.xp
-        t2, valid = self._check(h, targets)
+        h, t2, valid = self._check(h, targets)
         HU, Vc, oc, HQ, q, s = self._terms(h, t2, valid)
         extra = self.loss.prepare(xp, t2, valid)
         return self.loss.value_and_grads(xp, q, s, oc, valid, self.num_classes, extra)[0]
@@ -476,7 +502,7 @@ class FactoredOutput(OutputLayer):
                                       f"use loss_per_example")
         if targets.ndim != 1:
             raise ValueError("factored.log_prob takes one target per row (B,)")
-        t2, valid = self._check(h, targets)
+        h, t2, valid = self._check(h, targets)
         HU, Vc, oc, HQ, q, s = self._terms(h, t2, valid)
         return self.loss.log_prob(self.backend.xp, q, s, oc[:, 0], self.num_classes)
 
@@ -493,6 +519,7 @@ class FactoredOutput(OutputLayer):
         xp, p, be = self.backend.xp, self.params, self.backend
         k = int(min(k, self.num_classes))
         chunk = max(int(chunk_size or self.topk_chunk), k)
+        h = self._with_one(h)
         HU = h @ p["U"].T                                         # (B, d)
         ha = (h @ p["a"])[:, None] if "a" in p else 0.0
         best_v = best_i = None
@@ -521,7 +548,7 @@ class FactoredOutput(OutputLayer):
                 "recompute_q_every": self.recompute_q_every, "lr_guard": self.lr_guard,
                 "guard_min": self.guard_min, "deterministic": self.deterministic,
                 "init_scale": self.init_scale, "topk_chunk": self.topk_chunk,
-                "psp_a": self.psp_a, "psp_b": self.psp_b}
+                "psp_a": self.psp_a, "psp_b": self.psp_b, "bias": self.use_bias}
 
 
 class FactoredSquaredOutput(FactoredOutput):
