@@ -54,13 +54,22 @@ def load_experiment(path):
     return exp
 
 
+def output_bias(output, backend):
+    """The output layer's bias (D,) on the device, or None: the dense layers' parameter "b", the
+    factored layers' last column of W (`dense_bias`)."""
+    if hasattr(output, "dense_bias"):
+        b = output.dense_bias()
+        return None if b is None else backend.asarray(b)
+    return output.params.get("b")
+
+
 def normalised_output_perplexity(engine, data, split="test", batch_size=512, chunk=4096):
     """Perplexity of p_c = max(o_c, FLOOR) / sum_k max(o_k, FLOOR) for an output with no
     likelihood (squared error, Z-loss), dense over the exported W, by vocabulary chunks."""
     model, be = engine.model, engine.backend
     xp = be.xp
     W = be.asarray(model.output.dense_weight())
-    bias = model.output.params.get("b")
+    bias = output_bias(model.output, be)
     loader = engine.make_loader(data, split, batch_size, shuffle=False)
     total, count = 0.0, 0
     try:
@@ -88,7 +97,7 @@ def softmax_of_scores_perplexity(engine, data, split, temperatures, batch_size=2
     model, be = engine.model, engine.backend
     xp = be.xp
     W = be.asarray(model.output.dense_weight())
-    bias = model.output.params.get("b")
+    bias = output_bias(model.output, be)
     inv_t = xp.asarray(1.0 / numpy.asarray(temperatures, dtype=numpy.float64))
     loader = engine.make_loader(data, split, batch_size, shuffle=False)
     total, count = xp.zeros(len(temperatures)), 0
@@ -124,7 +133,9 @@ def score_temperatures(engine, data, batch_size=512, n=31):
     loader = engine.make_loader(data, "valid", batch_size, shuffle=False)
     try:
         x, _ = next(iter(loader.iter_from(0, 0)))
-        std = float(be.to_host((model.hidden_forward(x, False) @ W.T).std()))
+        o = model.hidden_forward(x, False) @ W.T
+        bias = output_bias(model.output, be)
+        std = float(be.to_host((o if bias is None else o + bias).std()))
     finally:
         loader.close()
     return std * numpy.logspace(-2, 1, n)
@@ -185,7 +196,7 @@ def output_share(engine, data, batch_size, steps=20):
 def build(exp, run, corpus, device):
     from engine import Engine, MLPLanguageModel
     from engine.optim import make_optimizer
-    m, t = exp["model"], exp["train"]
+    m, t = {**exp["model"], **run.get("model", {})}, exp["train"]   # a run may change the model
     out_kw = dict(run.get("output_kwargs", {}))
     if out_kw.get("cutoffs") == "auto":          # the cost model needs the word counts
         out_kw.setdefault("counts", numpy.asarray(corpus.counts))

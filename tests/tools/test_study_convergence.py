@@ -70,3 +70,41 @@ def test_quick_study_then_interleaved_step_times(tmp_path, capsys):
     assert abs(reference["step_speedup_to_target"] - 1.0) < 1e-12   # the softmax against itself
     table = (tmp_path / "tiny.md").read_text()
     assert "step ms, interleaved" in table and table.count("\n| ") == 3
+
+
+def test_factored_bias_enters_the_normalised_perplexity_and_runs_change_the_model(tmp_path):
+    """A factored-squared run with an output bias and its own model (a run's `model` table):
+    the normalised-output perplexity must use the bias (the factored layer keeps it as the last
+    column of W, not as a parameter "b"), and equal the same sum written out densely."""
+    import numpy
+    from engine import Engine
+    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
+        (tmp_path / name).write_text(text)
+    assert engine_main(["prepare", "text", str(tmp_path / "train.txt"),
+                        "--valid", str(tmp_path / "valid.txt"), "--test", str(tmp_path / "test.txt"),
+                        "--min-count", "1", "--output", str(tmp_path / "c.h5")]) == 0
+    exp = EXPERIMENT.split("[[run]]")[0] + (
+        '[[run]]\nname = "squared"\noutput = "factored-squared"\n'
+        'output_kwargs = {lr_scale = 5.0, bias = true}\nmodel = {hidden = [12]}\n')
+    (tmp_path / "b.toml").write_text(exp)
+    study = load_tool("study_convergence")
+    assert study.main([str(tmp_path / "b.toml"), "--data-dir", str(tmp_path), "--runs-dir",
+                       str(tmp_path / "runs"), "--device", "cpu", "--json",
+                       str(tmp_path / "b.json"), "--quick"]) == 0
+    eng = Engine.from_checkpoint(str(tmp_path / "runs" / "tiny" / "squared" / "best.h5"),
+                                 device="cpu", verbose=False)
+    out = eng.model.output
+    assert out.use_bias and out.in_features == 12
+    b = study.output_bias(out, eng.backend)
+    assert b is not None and float(numpy.abs(b).max()) > 0          # learnt, not the zero start
+    W = out.dense_weight()
+    data = str(tmp_path / "c.h5")
+    total, count = 0.0, 0
+    loader = eng.make_loader(data, "test", 64, shuffle=False)
+    for x, y in loader.iter_from(0, 0):
+        o = numpy.maximum(eng.model.hidden_forward(x, False) @ W.T + b, study.FLOOR)
+        total -= float(numpy.log(o[numpy.arange(len(y)), y] / o.sum(axis=1)).sum())
+        count += len(y)
+    loader.close()
+    numpy.testing.assert_allclose(study.normalised_output_perplexity(eng, data, "test"),
+                                  numpy.exp(total / count), rtol=1e-6)
