@@ -327,6 +327,11 @@ def interleaved_step_times(exp, rows, data, device, rounds, steps=10):
         engines = {r["name"]: build(exp, by_name[r["name"]], corpus, device) for r in rows}
     samples = {name: [] for name in engines}
     batch = int(exp["train"]["batch_size"])
+    loader = next(iter(engines.values())).make_loader(data, "train", batch, shuffle=False)
+    steps_per_epoch = len(loader)
+    loader.close()
+    if exp["train"].get("max_steps_per_epoch"):
+        steps_per_epoch = min(steps_per_epoch, int(exp["train"]["max_steps_per_epoch"]))
     for _ in range(rounds):
         for name, engine in engines.items():
             samples[name].append(output_share(engine, data, batch, steps=steps))
@@ -335,12 +340,36 @@ def interleaved_step_times(exp, rows, data, device, rounds, steps=10):
         r["interleaved"] = {"rounds": rounds, "steps_per_round": steps,
                             "step_ms": float(numpy.median(ms)),
                             "output_share": float(numpy.median(shares)),
-                            "step_ms_all": [float(m) for m in ms]}
+                            "step_ms_all": [float(m) for m in ms],
+                            "steps_per_epoch": steps_per_epoch}
 
 
 def epochs_to_reach(row, target):
     curve = row.get("valid_perplexity") or []
     return next((i + 1 for i, ppl in enumerate(curve) if ppl <= target), None)
+
+
+def merge_rows(exp, paths):
+    """The rows of the result files `paths` that name a run of `exp`, in the run order (a later
+    file wins). A file whose model or training settings differ from `exp`'s is refused: its
+    rows would not be comparable."""
+    found = {}
+    for path in paths:
+        with open(path) as fh:
+            res = json.load(fh)
+        for key in ("model", "train"):
+            if res.get(key) != exp[key]:
+                raise SystemExit(f"study: {path}: its [{key}] differs from the experiment's "
+                                 f"({res.get(key)} vs {exp[key]})")
+        for r in res["rows"]:
+            if res["study"]["name"] != exp["study"]["name"]:
+                r = {**r, "from_study": res["study"]["name"]}
+            found[r["name"]] = r
+    names = [r["name"] for r in exp["run"]]
+    rows = [found[n] for n in names if n in found]
+    if not rows:
+        raise SystemExit(f"study: no row of {', '.join(paths)} names a run of the experiment")
+    return rows
 
 
 def write_outputs(exp, rows, out_json):
@@ -409,16 +438,34 @@ def write_outputs(exp, rows, out_json):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in rows:
-            if r.get("valid_perplexity"):
-                ax.plot(numpy.array(r["wall_seconds"]) / 60, r["valid_perplexity"], marker="o",
-                        label=f"{r['name']} (test {r['test_perplexity']:.1f})")
-        ax.set_xlabel("wall-clock minutes (training only)")
+        curves = [r for r in rows if r.get("valid_perplexity")]
+        # the second panel only when every curve has interleaved step times: the wall seconds
+        # of runs trained apart (other loads, other sessions) are not comparable; epochs x the
+        # step time measured side by side are
+        fair = bool(curves) and all("steps_per_epoch" in r.get("interleaved", {}) for r in curves)
+        fig, axes = plt.subplots(1, 2 if fair else 1, figsize=(13 if fair else 7, 4.5),
+                                 squeeze=False)
+        ax = axes[0][0]
+        for r in curves:
+            ax.plot(numpy.array(r["wall_seconds"]) / 60, r["valid_perplexity"], marker="o",
+                    label=f"{r['name']} (test {r['test_perplexity']:.1f})")
+        ax.set_xlabel("wall-clock minutes (training only, as run)")
         ax.set_ylabel("validation perplexity")
         ax.set_title(exp["study"]["name"])
+        if fair:
+            bx = axes[0][1]
+            for r in curves:
+                it = r["interleaved"]
+                minutes = (numpy.arange(1, len(r["valid_perplexity"]) + 1)
+                           * it["steps_per_epoch"] * it["step_ms"] / 60000.0)
+                bx.plot(minutes, r["valid_perplexity"], marker="o", label=r["name"])
+            bx.set_xlabel("minutes at the interleaved step time (epochs x steps x step ms)")
+            bx.set_title("same axis, step times measured side by side")
+            bx.grid(alpha=0.3)
+            bx.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if curves:
+            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(base + ".png", dpi=110)
         plt.close(fig)
@@ -436,6 +483,11 @@ def main(argv=None):
     p.add_argument("--device", choices=("cpu", "gpu", "auto"), default="auto")
     p.add_argument("--json", default=None, help="results (default docs/results/<study>.json)")
     p.add_argument("--quick", action="store_true", help="1 epoch of 50 steps per run")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="train nothing: gather the rows of these result files (runs of this "
+                        "experiment trained apart, e.g. in parallel with --only and --json, or "
+                        "the same run in another study with the same [model] and [train]) into "
+                        "--json, in the experiment's run order")
     p.add_argument("--step-times", type=int, default=0, metavar="ROUNDS",
                    help="train nothing: time the step of every run already in the results, "
                         "interleaved over ROUNDS rounds, and add it to the results")
@@ -452,6 +504,11 @@ def main(argv=None):
             previous = {r["name"]: r for r in json.load(fh)["rows"]}
     command = "python tools/study_convergence.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
+    if args.merge:
+        rows = merge_rows(exp, args.merge)
+        write_outputs(exp, rows, out_json)
+        print(open(os.path.splitext(out_json)[0] + ".md").read())
+        return 0
     if args.step_times:
         rows = [previous[r["name"]] for r in exp["run"] if r["name"] in previous]
         if not rows:

@@ -65,6 +65,7 @@ def test_quick_study_then_interleaved_step_times(tmp_path, capsys):
         assert inter["rounds"] == 2 and len(inter["step_ms_all"]) == 2
         assert inter["step_ms"] > 0 and 0 < inter["output_share"] < 1
         assert "--step-times 2" in inter["command"]
+        assert inter["steps_per_epoch"] == 800 // 16      # 800 training tokens, batch 16
     reference = rows[0]
     assert reference["epochs_to_target"] is not None
     assert abs(reference["step_speedup_to_target"] - 1.0) < 1e-12   # the softmax against itself
@@ -108,3 +109,32 @@ def test_factored_bias_enters_the_normalised_perplexity_and_runs_change_the_mode
     loader.close()
     numpy.testing.assert_allclose(study.normalised_output_perplexity(eng, data, "test"),
                                   numpy.exp(total / count), rtol=1e-6)
+
+
+def test_runs_trained_apart_are_merged_and_other_settings_refused(tmp_path):
+    """--only with separate --json files (runs trained in parallel), then --merge gathers them in
+    the experiment's order; a result file from a different model is refused."""
+    import pytest
+    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
+        (tmp_path / name).write_text(text)
+    assert engine_main(["prepare", "text", str(tmp_path / "train.txt"),
+                        "--valid", str(tmp_path / "valid.txt"), "--test", str(tmp_path / "test.txt"),
+                        "--min-count", "1", "--output", str(tmp_path / "c.h5")]) == 0
+    (tmp_path / "tiny.toml").write_text(EXPERIMENT)
+    study = load_tool("study_convergence")
+    common = [str(tmp_path / "tiny.toml"), "--data-dir", str(tmp_path), "--runs-dir",
+              str(tmp_path / "runs"), "--device", "cpu", "--quick"]
+    for name in ("adaptive", "softmax"):
+        assert study.main(common + ["--only", name, "--json", str(tmp_path / f"{name}.json")]) == 0
+    merged = tmp_path / "merged.json"
+    assert study.main(common[:-1] + ["--json", str(merged), "--merge",
+                                     str(tmp_path / "adaptive.json"),
+                                     str(tmp_path / "softmax.json")]) == 0
+    rows = json.loads(merged.read_text())["rows"]
+    assert [r["name"] for r in rows] == ["softmax", "adaptive"]
+    assert rows[1]["speedup_to_target"] is not None or rows[1]["seconds_to_target"] is None
+    other = json.loads((tmp_path / "softmax.json").read_text())
+    other["model"]["hidden"] = [99]
+    (tmp_path / "other.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="differs"):
+        study.main(common[:-1] + ["--json", str(merged), "--merge", str(tmp_path / "other.json")])
