@@ -102,13 +102,14 @@ SCENARIOS = {
     "hinge-meprop-random": (lambda: (_xmc("squared-hinge", meprop={"k": 5, "mode": "random",
                                                                    "seed": 4}),
                                      Adam(lr=0.01)), "xmc"),
-    # the exact factored layer (its own SGD update; monitors every 5 updates)
-    "factored-spherical": (lambda: (_lm("factored-spherical", lr=0.02, check_every=5),
+    # the exact factored layer (its own SGD update; monitors every 5 updates); the spherical one
+    # and the multi-label one with an output bias (state of width d + 1), the Taylor one without
+    "factored-spherical": (lambda: (_lm("factored-spherical", lr=0.02, check_every=5, bias=True),
                                     SGD(lr=0.1)), "lm"),
     "factored-taylor": (lambda: (_lm("factored-taylor", lr=0.02, check_every=5,
                                      monitor="exact"), Adam(lr=0.01)), "lm"),
     # the factored layer as a multi-label output (K-hot targets; P@k, PSP@k from each rank's rows)
-    "factored-squared-xmc": (lambda: (_xmc("factored-squared", lr=0.02, check_every=5),
+    "factored-squared-xmc": (lambda: (_xmc("factored-squared", lr=0.02, check_every=5, bias=True),
                                       Adam(lr=0.01)), "xmc"),
     # a replicated output, data-parallel
     "adaptive": (lambda: (_lm("adaptive", cutoffs=[10, 30]), Adam(lr=0.01)), "lm"),
