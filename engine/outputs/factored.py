@@ -19,7 +19,9 @@ keep a D x d per-element state and rescale each element of W differently; that u
 this form, so it cannot be applied without touching all D x d entries. The rest of the network
 trains with any optimizer; this layer owns its update (`owns_update`): the engine calls
 `prepare_update(lr)` before backward (the learning-rate guard then refuses a step that would make
-U singular before anything changes) and `apply_update(lr)` after the optimizer step. Its
+U singular before anything changes, or with `guard_action="shrink"` halves that minibatch's
+learning rate until the step is safe: still an exact SGD step, with a smaller rate, counted in
+`shrunk_steps`) and `apply_update(lr)` after the optimizer step. Its
 learning rate is `lr` if given, else `lr_scale` times the engine's (scheduled) learning rate.
 L2 decay (`weight_decay`) is exact: W <- W - lr (G^T H + wd W).
 
@@ -163,6 +165,10 @@ class FactoredOutput(OutputLayer):
                "that would make U singular"),
         Option("guard_min", parse_float, 1e-2, "the guard's smallest allowed eigenvalue of the "
                "step's factor", check=greater_than(0)),
+        Option("guard_action", parse_str, "refuse", "what the guard does with an unsafe step: "
+               "refuse it (stop training with SingularStepError) or shrink it (halve that "
+               "minibatch's learning rate until it is safe; an exact SGD step all the same)",
+               choices=("refuse", "shrink")),
         Option("deterministic", default=False, switch=True, help=DETERMINISTIC_HELP),
         init_scale_option(),
         Option("monitor", parse_str, "probe", "the Q monitor: probe (a few random directions, "
@@ -187,6 +193,7 @@ class FactoredOutput(OutputLayer):
                  q_tol: float | None = None, inv_tol: float | None = None,
                  band: tuple = (0.5, 2.0), unfactorize_fraction: float = 1.0 / 3.0,
                  recompute_q_every: int = 0, lr_guard: bool = True, guard_min: float = 1e-2,
+                 guard_action: str = "refuse",
                  deterministic: bool = False, init_scale: float | None = None,
                  monitor: str = "probe", monitor_probes: int = 4,
                  topk_chunk: int = 65536, label_counts=None, num_train: int | None = None,
@@ -213,6 +220,12 @@ class FactoredOutput(OutputLayer):
         self.band, self.unfactorize_fraction = tuple(band), float(unfactorize_fraction)
         self.recompute_q_every = int(recompute_q_every)
         self.lr_guard, self.guard_min = bool(lr_guard), float(guard_min)
+        if guard_action not in ("refuse", "shrink"):
+            raise ValueError(f"factored: guard_action must be 'refuse' or 'shrink', "
+                             f"got {guard_action!r}")
+        self.guard_action = guard_action
+        self.shrunk_steps = 0          # steps the guard shrank (guard_action="shrink")
+        self.last_step_lr = None       # the learning rate of the last update taken
         self.deterministic, self.topk_chunk = bool(deterministic), int(topk_chunk)
         if monitor not in ("probe", "exact"):
             raise ValueError(f"factored: monitor must be 'probe' or 'exact', got {monitor!r}")
@@ -395,12 +408,26 @@ class FactoredOutput(OutputLayer):
     def _eta(self, lr):
         return float(self.lr) if self.lr is not None else self.lr_scale * float(lr)
 
+    #: halvings the shrinking guard tries before it refuses the step after all
+    MAX_HALVINGS = 40
+
     def _plan(self, eta):
+        """(requested eta, eta taken, A, Mb, s_) of the pending step, checked by the guard."""
         h, gq = self._pending[0], self._pending[3]
-        A, Mb, s_, C = fs.step_matrix(self.backend.xp, h, gq, eta, self.weight_decay)
-        if self.lr_guard:
-            fs.check_step(self.backend, Mb, s_, eta, self.guard_min, A, C)
-        self._plan_cache = (eta, A, Mb, s_)
+        requested = eta
+        for halvings in range(self.MAX_HALVINGS + 1):
+            try:                                   # both raise SingularStepError
+                A, Mb, s_, C = fs.step_matrix(self.backend.xp, h, gq, eta, self.weight_decay)
+                if self.lr_guard:
+                    fs.check_step(self.backend, Mb, s_, eta, self.guard_min, A, C)
+                break
+            except fs.SingularStepError:
+                if self.guard_action != "shrink" or halvings == self.MAX_HALVINGS:
+                    raise
+                eta *= 0.5
+        if eta != requested:
+            self.shrunk_steps += 1
+        self._plan_cache = (requested, eta, A, Mb, s_)
         return self._plan_cache
 
     def prepare_update(self, lr):
@@ -414,7 +441,8 @@ class FactoredOutput(OutputLayer):
         plan = getattr(self, "_plan_cache", None)
         if plan is None or plan[0] != eta:
             plan = self._plan(eta)
-        _, A, Mb, s_ = plan
+        _, eta, A, Mb, s_ = plan
+        self.last_step_lr = eta
         h, ids, gc, gq, gs, G1, dh, GG, HU = self._pending
         xp = self.backend.xp
 
@@ -546,7 +574,8 @@ class FactoredOutput(OutputLayer):
                 "q_tol": self.q_tol, "inv_tol": self.inv_tol, "band": list(self.band),
                 "unfactorize_fraction": self.unfactorize_fraction,
                 "recompute_q_every": self.recompute_q_every, "lr_guard": self.lr_guard,
-                "guard_min": self.guard_min, "deterministic": self.deterministic,
+                "guard_min": self.guard_min, "guard_action": self.guard_action,
+                "deterministic": self.deterministic,
                 "init_scale": self.init_scale, "topk_chunk": self.topk_chunk,
                 "psp_a": self.psp_a, "psp_b": self.psp_b, "bias": self.use_bias}
 

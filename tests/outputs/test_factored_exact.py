@@ -121,3 +121,42 @@ def test_learning_rate_guard_refuses_and_changes_nothing():
         layer.backward()
     for k, v in layer.params.items():
         assert numpy.array_equal(v, before[k]), k
+
+
+def test_shrinking_guard_takes_exact_smaller_steps():
+    """guard_action="shrink": where the requested rate would make U singular, the step is taken
+    with the rate halved until safe. It stays an exact SGD step: a dense layer stepped with the
+    same per-step rates (`last_step_lr`) ends at the same W. With "refuse" the first such step
+    stops training, as before."""
+    be = make_backend("numpy")
+    D, d, B, lr = 60, 8, 6, 2.0
+    rng = numpy.random.default_rng(0)
+    batches = [(rng.standard_normal((B, d)) * (0.3 if s % 4 else 1.5), rng.integers(0, D, size=B))
+               for s in range(40)]
+    refuse = make_output("factored-squared", d, D).bind(be, numpy.random.default_rng(1),
+                                                        numpy.float64)
+    with pytest.raises(SingularStepError):
+        for h, t in batches:
+            refuse.prepare_update(lr)
+            refuse.forward(h, t)
+            refuse.backward()
+            refuse.apply_update(lr)
+    fact = make_output("factored-squared", d, D, guard_action="shrink", check_every=10).bind(
+        be, numpy.random.default_rng(1), numpy.float64)
+    dense = make_output("squared", d, D).bind(be, numpy.random.default_rng(1), numpy.float64)
+    taken = []
+    for h, t in batches:
+        fact.prepare_update(lr)
+        lf = float(fact.forward(h, t))
+        fact.backward()
+        fact.apply_update(lr)
+        taken.append(fact.last_step_lr)
+        ld = float(dense.forward(h, t))
+        dense.backward()
+        dense.params["W"] -= fact.last_step_lr * dense.grads["W"]
+        numpy.testing.assert_allclose(lf, ld, rtol=1e-9)
+    numpy.testing.assert_allclose(fact.dense_weight(), dense.params["W"], rtol=1e-9, atol=1e-12)
+    shrunk = [x for x in taken if x < lr]
+    assert fact.shrunk_steps == len(shrunk) > 0 and len(shrunk) < len(taken)
+    assert all(x == lr / 2 ** round(numpy.log2(lr / x)) for x in shrunk)   # halvings of lr
+    assert fact.config()["guard_action"] == "shrink"
