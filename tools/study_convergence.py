@@ -253,9 +253,11 @@ def run_one(exp, run, data, runs_dir, device, quick):
     best_epoch = int(numpy.argmin([h["valid_loss"] for h in history])) + 1
     if exp["study"].get("valid_only"):          # a sweep: the validation loss decides
         row = {"name": run["name"], "output": run["output"],
-               "output_kwargs": run.get("output_kwargs", {}), "epochs": len(history),
+               "output_kwargs": run.get("output_kwargs", {}), "model": run.get("model", {}),
+               "epochs": len(history),
                "best_epoch": best_epoch, "best_valid_loss": history[best_epoch - 1]["valid_loss"],
                "valid_perplexity": [h.get("valid_perplexity") for h in history],
+               "train_perplexity": [h.get("train_perplexity") for h in history],
                "seconds_per_epoch": float(numpy.mean([h["seconds"] for h in history]))}
         print(f"[study] {run['name']}: best valid loss {row['best_valid_loss']:.4f}", flush=True)
         return row
@@ -291,6 +293,8 @@ def run_one(exp, run, data, runs_dir, device, quick):
            "seconds_per_epoch": float(numpy.mean([h["seconds"] for h in history])),
            "wall_seconds": wall, "valid_loss": [h["valid_loss"] for h in history],
            "valid_perplexity": valid_curve, "lr": [h["lr"] for h in history],
+           "train_perplexity": [h.get("train_perplexity") for h in history],
+           "train_loss": [h["train_loss"] for h in history],
            "output_share": share, "step_ms": step_ms,
            "paper_test_perplexity": exp["study"].get("paper", {}).get(run["name"])}
     if kind == "normalised-outputs":
@@ -379,11 +383,16 @@ def write_outputs(exp, rows, out_json):
             json.dump({"study": exp["study"], "model": exp["model"], "train": exp["train"],
                        "rows": rows}, fh, indent=1, default=float)
         lines = [f"# {exp['study']['name']}", "", exp["study"].get("description", "").strip(),
-                 "", "| run | output | options | best valid loss | valid ppl |", "|---|---|---|---|---|"]
+                 "", "Commands: " + "; ".join(sorted({f"`{r['command']}`" for r in rows
+                                                       if r.get("command")})), "",
+                 "| run | output | options | epochs | best valid loss | valid ppl per epoch | "
+                 "train ppl per epoch (dropout on) |", "|---|---|---|---|---|---|---|"]
+        fmt = lambda xs: " ".join("-" if x is None else f"{x:.1f}" for x in (xs or [])) or "-"
         for r in rows:
-            ppl = r["valid_perplexity"][r["best_epoch"] - 1] if r.get("valid_perplexity") else None
-            lines.append(f"| {r['name']} | {r['output']} | {r['output_kwargs']} | "
-                         f"{r['best_valid_loss']:.4f} | {'-' if ppl is None else f'{ppl:.1f}'} |")
+            opts = {**r["output_kwargs"], **({"model": r["model"]} if r.get("model") else {})}
+            lines.append(f"| {r['name']} | {r['output']} | {opts} | {r['epochs']} | "
+                         f"{r['best_valid_loss']:.4f} | {fmt(r.get('valid_perplexity'))} | "
+                         f"{fmt(r.get('train_perplexity'))} |")
         with open(os.path.splitext(out_json)[0] + ".md", "w") as fh:
             fh.write("\n".join(lines) + "\n")
         return
@@ -493,10 +502,15 @@ def main(argv=None):
                         "interleaved over ROUNDS rounds, and add it to the results")
     args = p.parse_args(argv)
     exp = load_experiment(args.experiment)
+    out_json = args.json or os.path.join("docs", "results", exp["study"]["name"] + ".json")
+    if args.merge:                       # no data needed: the rows are already measured
+        rows = merge_rows(exp, args.merge)
+        write_outputs(exp, rows, out_json)
+        print(open(os.path.splitext(out_json)[0] + ".md").read())
+        return 0
     data = os.path.join(args.data_dir, exp["study"]["data"])
     if not os.path.exists(data):
         raise SystemExit(f"study: {data} not found ({exp['study'].get('prepare', 'engine prepare')})")
-    out_json = args.json or os.path.join("docs", "results", exp["study"]["name"] + ".json")
     runs = [r for r in exp["run"] if args.only is None or r["name"] in args.only]
     previous = {}
     if os.path.exists(out_json) and not args.quick:
@@ -504,11 +518,6 @@ def main(argv=None):
             previous = {r["name"]: r for r in json.load(fh)["rows"]}
     command = "python tools/study_convergence.py " + " ".join(
         argv if argv is not None else sys.argv[1:])
-    if args.merge:
-        rows = merge_rows(exp, args.merge)
-        write_outputs(exp, rows, out_json)
-        print(open(os.path.splitext(out_json)[0] + ".md").read())
-        return 0
     if args.step_times:
         rows = [previous[r["name"]] for r in exp["run"] if r["name"] in previous]
         if not rows:
