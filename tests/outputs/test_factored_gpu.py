@@ -104,18 +104,20 @@ def test_float32_tracks_a_dense_float64_run(backend, loss, lr, kw):
 
 
 # ------------------------------------------------------------------ whole steps, every option
-STEP_CASES = [("squared", 1, "woodbury", False), ("taylor", 3, "woodbury", False),
-              ("spherical", 3, "solve", False), ("zloss", 1, "solve", True),
-              ("squared", 3, "solve", True)]
+STEP_CASES = [("squared", 1, "woodbury", False, False), ("taylor", 3, "woodbury", False, False),
+              ("spherical", 3, "solve", False, False), ("zloss", 1, "solve", True, False),
+              ("squared", 3, "solve", True, False), ("spherical", 1, "woodbury", False, True),
+              ("zloss", 3, "woodbury", True, True)]
 
 
-@pytest.mark.parametrize("loss,K,inverse,deterministic", STEP_CASES)
-def test_whole_steps_match_reference(backend, loss, K, inverse, deterministic):
-    """15 exact steps (atomic or deterministic scatter, Woodbury or solve, -1 padding, K-hot),
-    with re-inversion every 4, Q recomputed every 6 and the monitors every 5 updates: losses,
-    dh, the whole state and the monitors' events equal the float64 NumPy run."""
+@pytest.mark.parametrize("loss,K,inverse,deterministic,bias", STEP_CASES)
+def test_whole_steps_match_reference(backend, loss, K, inverse, deterministic, bias):
+    """15 exact steps (atomic or deterministic scatter, Woodbury or solve, -1 padding, K-hot,
+    with and without an output bias), with re-inversion every 4, Q recomputed every 6 and the
+    monitors every 5 updates: losses, dh, the whole state and the monitors' events equal the
+    float64 NumPy run."""
     kw = dict(inverse=inverse, deterministic=deterministic, reinvert_every=4,
-              recompute_q_every=6, check_every=5)
+              recompute_q_every=6, check_every=5, bias=bias)
     ref = factored(REFERENCE, loss, numpy.float64, **kw)
     dev = factored(backend, loss, numpy.float64, **kw)
     want, got = train(ref, 15, K=K), train(dev, 15, K=K)
