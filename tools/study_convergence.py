@@ -17,8 +17,8 @@ again (each run has its own folder under --runs-dir), so a study can be stopped 
 
 Perplexity: exact for the softmax, adaptive softmax and the spherical / Taylor softmax (their
 normalisers are exact in O(d^2) per word). Squared error and the Z-loss define no likelihood;
-their rows give two perplexities, both computed densely over the exported W at evaluation only
-and both marked as such: "normalised-outputs", p_c = max(o_c, floor) / sum_k max(o_k, floor)
+their rows give two perplexities, both computed densely over the exported W and both marked as
+such (the first also on the validation split after every epoch, the dashed curves of the plot): "normalised-outputs", p_c = max(o_c, floor) / sum_k max(o_k, floor)
 (floor 1e-5: the squared-error regression estimates p(c | context) by o_c), and
 "softmax-of-scores", p = softmax(o / T) with the temperature T chosen on the validation split
 from a grid (the Z-loss scores are shift and scale invariant, so some T is needed).
@@ -218,7 +218,8 @@ def run_one(exp, run, data, runs_dir, device, quick):
     t = exp["train"]
     run_dir = os.path.join(runs_dir, exp["study"]["name"], run["name"])
     ckpt = os.path.join(run_dir, "checkpoint.h5")
-    if os.path.exists(ckpt) and not quick:
+    resumed = os.path.exists(ckpt) and not quick
+    if resumed:
         engine = Engine.from_checkpoint(ckpt, device=device, verbose=False)
         print(f"[study] {run['name']}: resuming at epoch {engine.epoch}", flush=True)
     else:
@@ -234,6 +235,14 @@ def run_one(exp, run, data, runs_dir, device, quick):
         best = int(numpy.argmin(losses))
         return len(losses) - 1 - best >= patience
 
+    # An output with no likelihood (squared error, Z-loss) gets a per-epoch validation curve of
+    # its normalised outputs, kept in the run folder so that a resumed run keeps it: epoch -> ppl.
+    track_normalised = not engine.model.output.has_likelihood
+    normalised_path = os.path.join(run_dir, "valid_normalised.json")
+    normalised = {}
+    if track_normalised and resumed and os.path.exists(normalised_path):
+        with open(normalised_path) as fh:
+            normalised = {int(k): v for k, v in json.load(fh).items()}
     error = None
     while engine.epoch < max_epochs and not (engine.history and stalled(engine.history)):
         try:
@@ -246,8 +255,16 @@ def run_one(exp, run, data, runs_dir, device, quick):
                 raise
             break
         h = engine.history[-1]
+        if track_normalised:
+            normalised[int(h["epoch"])] = normalised_output_perplexity(engine, data, "valid")
+            tmp = normalised_path + ".tmp"
+            with open(tmp, "w") as fh:
+                json.dump(normalised, fh)
+            os.replace(tmp, normalised_path)
         print(f"[study] {run['name']}: epoch {h['epoch']} valid loss {h['valid_loss']:.4f}"
               + (f" ppl {h['valid_perplexity']:.2f}" if "valid_perplexity" in h else "")
+              + (f" normalised-outputs ppl {normalised[int(h['epoch'])]:.1f}"
+                 if track_normalised else "")
               + f", {h['seconds']:.0f} s", flush=True)
     history = engine.history
     best_epoch = int(numpy.argmin([h["valid_loss"] for h in history])) + 1
@@ -299,6 +316,8 @@ def run_one(exp, run, data, runs_dir, device, quick):
            "paper_test_perplexity": exp["study"].get("paper", {}).get(run["name"])}
     if kind == "normalised-outputs":
         row["best_valid_perplexity_normalised"] = normalised_output_perplexity(best, data, "valid")
+        # None for epochs trained before the curve was kept
+        row["valid_perplexity_normalised"] = [normalised.get(int(h["epoch"])) for h in history]
         row["softmax_of_scores"] = softmax_scores
     if kind == "normalised-outputs":
         print(f"[study] {run['name']}: softmax-of-scores test ppl "
@@ -361,16 +380,28 @@ def merge_rows(exp, paths):
     for path in paths:
         with open(path) as fh:
             res = json.load(fh)
-        for key in ("model", "train"):
-            if res.get(key) != exp[key]:
-                raise SystemExit(f"study: {path}: its [{key}] differs from the experiment's "
-                                 f"({res.get(key)} vs {exp[key]})")
+        if res.get("model") != exp["model"]:
+            raise SystemExit(f"study: {path}: its [model] differs from the experiment's "
+                             f"({res.get('model')} vs {exp['model']})")
+        train = dict(res.get("train") or {})
+        cap = train.pop("max_epochs", None)
+        if train != {k: v for k, v in exp["train"].items() if k != "max_epochs"}:
+            raise SystemExit(f"study: {path}: its [train] differs from the experiment's "
+                             f"({res.get('train')} vs {exp['train']})")
         for r in res["rows"]:
+            # Another epoch cap changes nothing for a run that stopped on its own before both
+            # caps; a run cut by its cap (or longer than this cap) would not be the same run.
+            if cap != exp["train"]["max_epochs"] and (
+                    r.get("stopped") == "max_epochs" or r["epochs"] > exp["train"]["max_epochs"]):
+                raise SystemExit(f"study: {path}: run {r['name']} ran to its file's max_epochs "
+                                 f"({cap}); the experiment's is {exp['train']['max_epochs']}")
             if res["study"]["name"] != exp["study"]["name"]:
                 r = {**r, "from_study": res["study"]["name"]}
             found[r["name"]] = r
     names = [r["name"] for r in exp["run"]]
-    rows = [found[n] for n in names if n in found]
+    # The paper's figure is this experiment's, not the source study's.
+    paper = exp["study"].get("paper", {})
+    rows = [{**found[n], "paper_test_perplexity": paper.get(n)} for n in names if n in found]
     if not rows:
         raise SystemExit(f"study: no row of {', '.join(paths)} names a run of the experiment")
     return rows
@@ -447,7 +478,16 @@ def write_outputs(exp, rows, out_json):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
-        curves = [r for r in rows if r.get("valid_perplexity")]
+        def curve(r):
+            """(epoch indices, perplexities, dashed): the exact likelihood, else the normalised
+            outputs' perplexity (a different quantity: drawn dashed)."""
+            if r.get("valid_perplexity"):
+                return numpy.arange(len(r["valid_perplexity"])), r["valid_perplexity"], False
+            pts = [(i, p) for i, p in enumerate(r.get("valid_perplexity_normalised") or [])
+                   if p is not None]
+            return (numpy.array([i for i, _ in pts], dtype=int), [p for _, p in pts], True)
+
+        curves = [r for r in rows if len(curve(r)[1])]
         # the second panel only when every curve has interleaved step times: the wall seconds
         # of runs trained apart (other loads, other sessions) are not comparable; epochs x the
         # step time measured side by side are
@@ -456,8 +496,11 @@ def write_outputs(exp, rows, out_json):
                                  squeeze=False)
         ax = axes[0][0]
         for r in curves:
-            ax.plot(numpy.array(r["wall_seconds"]) / 60, r["valid_perplexity"], marker="o",
-                    label=f"{r['name']} (test {r['test_perplexity']:.1f})")
+            idx, ppl, dashed = curve(r)
+            note = ", normalised outputs" if dashed else ""
+            ax.plot(numpy.array(r["wall_seconds"])[idx] / 60, ppl, marker="o",
+                    linestyle="--" if dashed else "-",
+                    label=f"{r['name']} (test {r['test_perplexity']:.1f}{note})")
         ax.set_xlabel("wall-clock minutes (training only, as run)")
         ax.set_ylabel("validation perplexity")
         ax.set_title(exp["study"]["name"])
@@ -465,9 +508,10 @@ def write_outputs(exp, rows, out_json):
             bx = axes[0][1]
             for r in curves:
                 it = r["interleaved"]
-                minutes = (numpy.arange(1, len(r["valid_perplexity"]) + 1)
-                           * it["steps_per_epoch"] * it["step_ms"] / 60000.0)
-                bx.plot(minutes, r["valid_perplexity"], marker="o", label=r["name"])
+                idx, ppl, dashed = curve(r)
+                minutes = (idx + 1) * it["steps_per_epoch"] * it["step_ms"] / 60000.0
+                bx.plot(minutes, ppl, marker="o", linestyle="--" if dashed else "-",
+                        label=r["name"])
             bx.set_xlabel("minutes at the interleaved step time (epochs x steps x step ms)")
             bx.set_title("same axis, step times measured side by side")
             bx.grid(alpha=0.3)

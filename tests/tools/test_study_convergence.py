@@ -133,8 +133,61 @@ def test_runs_trained_apart_are_merged_and_other_settings_refused(tmp_path):
     rows = json.loads(merged.read_text())["rows"]
     assert [r["name"] for r in rows] == ["softmax", "adaptive"]
     assert rows[1]["speedup_to_target"] is not None or rows[1]["seconds_to_target"] is None
+    # A row from another study with the same settings takes this experiment's paper figure.
+    foreign = json.loads((tmp_path / "softmax.json").read_text())
+    foreign["study"] = {**foreign["study"], "name": "elsewhere"}
+    foreign["rows"][0]["paper_test_perplexity"] = 99.0
+    (tmp_path / "foreign.json").write_text(json.dumps(foreign))
+    assert study.main(common[:-1] + ["--json", str(merged), "--merge",
+                                     str(tmp_path / "foreign.json")]) == 0
+    (row,) = json.loads(merged.read_text())["rows"]
+    assert (row["paper_test_perplexity"], row["from_study"]) == (10.0, "elsewhere")
+    # Another epoch cap: a run that stopped on its own merges, one cut by its cap is refused.
+    capped = json.loads((tmp_path / "softmax.json").read_text())
+    capped["train"]["max_epochs"] = 7
+    capped["rows"][0].update(stopped="patience", epochs=1)
+    (tmp_path / "capped.json").write_text(json.dumps(capped))
+    assert study.main(common[:-1] + ["--json", str(merged), "--merge",
+                                     str(tmp_path / "capped.json")]) == 0
+    capped["rows"][0]["stopped"] = "max_epochs"
+    (tmp_path / "capped.json").write_text(json.dumps(capped))
+    with pytest.raises(SystemExit, match="max_epochs"):
+        study.main(common[:-1] + ["--json", str(merged), "--merge", str(tmp_path / "capped.json")])
     other = json.loads((tmp_path / "softmax.json").read_text())
     other["model"]["hidden"] = [99]
     (tmp_path / "other.json").write_text(json.dumps(other))
     with pytest.raises(SystemExit, match="differs"):
         study.main(common[:-1] + ["--json", str(merged), "--merge", str(tmp_path / "other.json")])
+
+
+def test_outputs_without_likelihood_keep_a_per_epoch_validation_curve_across_a_resume(tmp_path):
+    """A factored-squared run records the normalised-outputs perplexity of the validation split
+    after every epoch (the value of the model at that epoch: the last one equals the checkpoint's)
+    and a resumed run with a higher epoch cap keeps the earlier epochs' values."""
+    import numpy
+    from engine import Engine
+    for name, text in [("train.txt", TEXT), ("valid.txt", TEXT[:200]), ("test.txt", TEXT[:300])]:
+        (tmp_path / name).write_text(text)
+    assert engine_main(["prepare", "text", str(tmp_path / "train.txt"),
+                        "--valid", str(tmp_path / "valid.txt"), "--test", str(tmp_path / "test.txt"),
+                        "--min-count", "1", "--output", str(tmp_path / "c.h5")]) == 0
+    exp = EXPERIMENT.split("[[run]]")[0].replace("patience = 1", "patience = 5") + (
+        '[[run]]\nname = "squared"\noutput = "factored-squared"\n'
+        'output_kwargs = {lr_scale = 5.0}\n')
+    study = load_tool("study_convergence")
+    args = [str(tmp_path / "s.toml"), "--data-dir", str(tmp_path), "--runs-dir",
+            str(tmp_path / "runs"), "--device", "cpu", "--json", str(tmp_path / "s.json")]
+    (tmp_path / "s.toml").write_text(exp)
+    assert study.main(args) == 0
+    (row,) = json.loads((tmp_path / "s.json").read_text())["rows"]
+    first = row["valid_perplexity_normalised"]
+    assert len(first) == 2 and all(p is not None and p > 1 for p in first)
+    eng = Engine.from_checkpoint(str(tmp_path / "runs" / "tiny" / "squared" / "checkpoint.h5"),
+                                 device="cpu", verbose=False)
+    numpy.testing.assert_allclose(study.normalised_output_perplexity(eng, str(tmp_path / "c.h5"),
+                                                                     "valid"), first[-1], rtol=1e-9)
+    (tmp_path / "s.toml").write_text(exp.replace("max_epochs = 2", "max_epochs = 3"))
+    assert study.main(args) == 0
+    (row,) = json.loads((tmp_path / "s.json").read_text())["rows"]
+    assert row["epochs"] == 3 and row["valid_perplexity_normalised"][:2] == first
+    assert row["valid_perplexity_normalised"][2] is not None
